@@ -1,0 +1,98 @@
+//! Parse YAML into typed structs with errors that name the key path and, for unknown
+//! keys, suggest the key that was probably meant.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+use super::error::{ConfigError, did_you_mean};
+
+/// Parse `text` (read from `file`) into `T`.
+pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner
+            .location()
+            .map(|l| format!(" (line {})", l.line()))
+            .unwrap_or_default();
+        let raw = inner.to_string();
+        // serde_yaml_ng prefixes messages with the path and suffixes the location; keep
+        // only the reason, we print both ourselves.
+        let reason = strip_location(strip_path_prefix(&raw, &path));
+        let reason = explain_unknown_field(reason).unwrap_or_else(|| reason.to_string());
+        ConfigError::new(file, path, format!("{reason}{line}"))
+    })
+}
+
+fn strip_path_prefix<'a>(msg: &'a str, path: &str) -> &'a str {
+    msg.strip_prefix(path)
+        .and_then(|m| m.strip_prefix(": "))
+        .unwrap_or(msg)
+}
+
+fn strip_location(msg: &str) -> &str {
+    match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    }
+}
+
+/// Turn serde's "unknown field `denny`, expected one of `mode`, `deny`" into
+/// "unknown key 'denny' (did you mean 'deny'?); expected one of: mode, deny".
+fn explain_unknown_field(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    let hint = did_you_mean(field, expected.iter().copied())
+        .map(|k| format!(" (did you mean '{k}'?)"))
+        .unwrap_or_default();
+    Some(format!(
+        "unknown key '{field}'{hint}; expected one of: {}",
+        expected.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        deny: Vec<String>,
+        mode: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        name: String,
+        forwarding: Inner,
+    }
+
+    #[test]
+    fn unknown_nested_key_names_path_and_suggests() {
+        let err = parse::<Outer>(Path::new("x.yaml"), "name: a\nforwarding:\n  denny: []\n")
+            .expect_err("typo must fail");
+        assert_eq!(err.key, "forwarding");
+        assert!(
+            err.reason
+                .contains("unknown key 'denny' (did you mean 'deny'?)"),
+            "{}",
+            err.reason
+        );
+        assert!(err.reason.contains("line 3"), "{}", err.reason);
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = parse::<Outer>(Path::new("x.yaml"), "name: a\nforwarding:\n  deny: 5\n")
+            .expect_err("type error must fail");
+        assert_eq!(err.key, "forwarding.deny");
+    }
+}

@@ -1,0 +1,205 @@
+//! Every error an agent can receive, and the one place that maps them to wire codes,
+//! statuses, messages and headers (D2): the envelope
+//! `{"status":"FAILURE","error":{"code":…,"message":…,"metadata":…}}`, compact JSON.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// A request refused or failed by the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No provider selected, or an unknown one.
+    #[error("Unknown or unspecified provider '{name}'")]
+    UnknownProvider {
+        /// What the agent asked for (lower-cased).
+        name: String,
+        /// Usable provider names, sorted.
+        available: Vec<String>,
+    },
+    /// The caller's address matches no host entry.
+    #[error("Source IP {ip} not in host policy")]
+    HostDenied {
+        /// The resolved client address.
+        ip: String,
+    },
+    /// The host entry requires a pre-shared key and none (or a wrong one) was sent.
+    #[error("Authentication required for host '{host}'")]
+    AuthRequired {
+        /// Host entry id.
+        host: String,
+    },
+    /// The request path is not acceptable (D7).
+    #[error("{0}")]
+    BadPath(String),
+    /// No route for the request.
+    #[error("{0}")]
+    NoRoute(String),
+    /// The provider exists but its configuration is broken (D3).
+    #[error("Provider '{provider}' is not usable: {reason}")]
+    ProviderConfig {
+        /// Provider name.
+        provider: String,
+        /// Why (never a secret's value).
+        reason: String,
+    },
+    /// The auth module failed; the request was not forwarded (D16).
+    #[error("Auth module error: {0}")]
+    Auth(String),
+    /// The upstream could not be reached or broke the connection.
+    #[error("Upstream error: {0}")]
+    Upstream(String),
+    /// The upstream did not answer in time (D12).
+    #[error("Upstream did not respond within {} s", .0.as_secs_f64())]
+    UpstreamTimeout(Duration),
+    /// A body Outpost had to buffer was larger than allowed (D11).
+    #[error("Request body exceeds the limit of {0} bytes")]
+    BodyTooLarge(usize),
+}
+
+impl ProxyError {
+    /// The wire code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownProvider { .. } => "PROXY_UNKNOWN_PROVIDER",
+            Self::HostDenied { .. } => "PROXY_HOST_DENIED",
+            Self::AuthRequired { .. } => "PROXY_AUTH_REQUIRED",
+            Self::BadPath(_) => "PROXY_BAD_PATH",
+            Self::NoRoute(_) => "PROXY_NO_ROUTE",
+            Self::ProviderConfig { .. } => "PROXY_PROVIDER_CONFIG_ERROR",
+            Self::Auth(_) => "PROXY_AUTH_ERROR",
+            Self::Upstream(_) => "PROXY_UPSTREAM_ERROR",
+            Self::UpstreamTimeout(_) => "PROXY_UPSTREAM_TIMEOUT",
+            Self::BodyTooLarge(_) => "PROXY_BODY_TOO_LARGE",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownProvider { .. } | Self::BadPath(_) => StatusCode::BAD_REQUEST,
+            Self::HostDenied { .. } => StatusCode::FORBIDDEN,
+            Self::AuthRequired { .. } => StatusCode::UNAUTHORIZED,
+            Self::NoRoute(_) => StatusCode::NOT_FOUND,
+            Self::ProviderConfig { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Auth(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// The `metadata` member.
+    pub fn metadata(&self) -> Value {
+        match self {
+            Self::UnknownProvider { available, .. } => json!({ "available": available }),
+            Self::ProviderConfig { provider, .. } => json!({ "provider": provider }),
+            _ => Value::Null,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    status: &'static str,
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'static str,
+    message: &'a str,
+    metadata: Value,
+}
+
+/// The compact JSON envelope for `err`.
+pub fn envelope(err: &ProxyError) -> String {
+    let message = err.to_string();
+    let env = Envelope {
+        status: "FAILURE",
+        error: Body {
+            code: err.code(),
+            message: &message,
+            metadata: err.metadata(),
+        },
+    };
+    serde_json::to_string(&env).unwrap_or_else(|_| {
+        format!(
+            r#"{{"status":"FAILURE","error":{{"code":"{}","message":"","metadata":null}}}}"#,
+            err.code()
+        )
+    })
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status(), envelope(&self)).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if matches!(self, Self::AuthRequired { .. }) {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"X-Outpost-Auth realm="outpost""#),
+            );
+        }
+        resp.extensions_mut().insert(RefusalCode(self.code()));
+        resp
+    }
+}
+
+/// Marks a response produced by the proxy itself (for the request log line).
+#[derive(Debug, Clone, Copy)]
+pub struct RefusalCode(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_is_compact_and_ordered() {
+        let e = ProxyError::UnknownProvider {
+            name: "x".into(),
+            available: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(
+            envelope(&e),
+            r#"{"status":"FAILURE","error":{"code":"PROXY_UNKNOWN_PROVIDER","message":"Unknown or unspecified provider 'x'","metadata":{"available":["a","b"]}}}"#
+        );
+        let e = ProxyError::HostDenied {
+            ip: "1.2.3.4".into(),
+        };
+        assert_eq!(
+            envelope(&e),
+            r#"{"status":"FAILURE","error":{"code":"PROXY_HOST_DENIED","message":"Source IP 1.2.3.4 not in host policy","metadata":null}}"#
+        );
+    }
+
+    #[test]
+    fn statuses_match_the_catalogue() {
+        assert_eq!(ProxyError::Auth("x".into()).status(), 502);
+        assert_eq!(ProxyError::AuthRequired { host: "h".into() }.status(), 401);
+        assert_eq!(
+            ProxyError::UpstreamTimeout(Duration::from_secs(1)).status(),
+            504
+        );
+        assert_eq!(
+            ProxyError::ProviderConfig {
+                provider: "p".into(),
+                reason: "r".into()
+            }
+            .status(),
+            503
+        );
+        let r = ProxyError::AuthRequired { host: "h".into() }.into_response();
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            r#"X-Outpost-Auth realm="outpost""#
+        );
+        assert_eq!(r.headers()["content-type"], "application/json");
+    }
+}

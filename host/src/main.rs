@@ -1,0 +1,234 @@
+//! The `outpost` command: `serve` runs the proxy, `check` validates configuration
+//! offline.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use outpost::config::env::{Env, Layered, ProcessEnv};
+use outpost::config::settings::{LogFormat, Settings};
+use outpost::server;
+
+#[derive(Parser)]
+#[command(
+    name = "outpost",
+    version,
+    about = "Capability-based credential proxy for AI agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve(Flags),
+    /// Validate providers, hosts, plugins and settings offline; exit non-zero on any problem.
+    Check(Flags),
+}
+
+/// Every flag stands for an environment variable and wins over it.
+#[derive(Args, Default)]
+struct Flags {
+    /// Provider YAML directory [env: PROVIDERS_DIR]
+    #[arg(long)]
+    providers_dir: Option<String>,
+    /// Second provider directory, loaded after the first [env: EXTRA_PROVIDERS_DIR]
+    #[arg(long)]
+    extra_providers_dir: Option<String>,
+    /// hosts.yaml path [env: HOSTS_CONFIG_PATH]
+    #[arg(long)]
+    hosts: Option<String>,
+    /// Directory of plugin components (*.wasm) [env: PLUGINS_DIR]
+    #[arg(long)]
+    plugins_dir: Option<String>,
+    /// Listen address [env: PROXY_HOST]
+    #[arg(long)]
+    host: Option<String>,
+    /// Listen port; 0 picks a free one [env: PROXY_PORT]
+    #[arg(long)]
+    port: Option<String>,
+    /// Redis URL; unset = embedded state [env: REDIS_URL]
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Comma-separated CIDRs of trusted reverse proxies [env: TRUSTED_PROXIES]
+    #[arg(long)]
+    trusted_proxies: Option<String>,
+    /// Provider for requests without X-Provider [env: DEFAULT_PROVIDER]
+    #[arg(long)]
+    default_provider: Option<String>,
+    /// Seconds a request may wait for rate-limit tokens [env: RATE_LIMIT_QUEUE_TIMEOUT]
+    #[arg(long)]
+    rate_limit_queue_timeout: Option<String>,
+    /// Upstream connect timeout, seconds [env: OUTPOST_CONNECT_TIMEOUT]
+    #[arg(long)]
+    connect_timeout: Option<String>,
+    /// Time to the upstream's response head, seconds [env: OUTPOST_UPSTREAM_TIMEOUT]
+    #[arg(long)]
+    upstream_timeout: Option<String>,
+    /// Idle gap allowed on streamed bodies, seconds [env: OUTPOST_IDLE_TIMEOUT]
+    #[arg(long)]
+    idle_timeout: Option<String>,
+    /// Cap on buffered bodies, bytes [env: OUTPOST_MAX_BODY_BYTES]
+    #[arg(long)]
+    max_body_bytes: Option<String>,
+    /// Compiled-module cache directory; empty disables [env: OUTPOST_CACHE_DIR]
+    #[arg(long)]
+    cache_dir: Option<String>,
+    /// CPU budget per module call, ms [env: OUTPOST_PLUGIN_CPU_MS]
+    #[arg(long)]
+    plugin_cpu_ms: Option<String>,
+    /// Wall-clock budget per module call, ms [env: OUTPOST_PLUGIN_WALL_MS]
+    #[arg(long)]
+    plugin_wall_ms: Option<String>,
+    /// Memory cap per module instance, MiB [env: OUTPOST_PLUGIN_MEMORY_MB]
+    #[arg(long)]
+    plugin_memory_mb: Option<String>,
+    /// Module instances that may exist at once [env: OUTPOST_PLUGIN_MAX_INSTANCES]
+    #[arg(long)]
+    plugin_max_instances: Option<String>,
+    /// `text` or `json` [env: OUTPOST_LOG_FORMAT]
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+impl Flags {
+    fn into_map(self) -> HashMap<&'static str, String> {
+        let pairs = [
+            ("PROVIDERS_DIR", self.providers_dir),
+            ("EXTRA_PROVIDERS_DIR", self.extra_providers_dir),
+            ("HOSTS_CONFIG_PATH", self.hosts),
+            ("PLUGINS_DIR", self.plugins_dir),
+            ("PROXY_HOST", self.host),
+            ("PROXY_PORT", self.port),
+            ("REDIS_URL", self.redis_url),
+            ("TRUSTED_PROXIES", self.trusted_proxies),
+            ("DEFAULT_PROVIDER", self.default_provider),
+            ("RATE_LIMIT_QUEUE_TIMEOUT", self.rate_limit_queue_timeout),
+            ("OUTPOST_CONNECT_TIMEOUT", self.connect_timeout),
+            ("OUTPOST_UPSTREAM_TIMEOUT", self.upstream_timeout),
+            ("OUTPOST_IDLE_TIMEOUT", self.idle_timeout),
+            ("OUTPOST_MAX_BODY_BYTES", self.max_body_bytes),
+            ("OUTPOST_CACHE_DIR", self.cache_dir),
+            ("OUTPOST_PLUGIN_CPU_MS", self.plugin_cpu_ms),
+            ("OUTPOST_PLUGIN_WALL_MS", self.plugin_wall_ms),
+            ("OUTPOST_PLUGIN_MEMORY_MB", self.plugin_memory_mb),
+            ("OUTPOST_PLUGIN_MAX_INSTANCES", self.plugin_max_instances),
+            ("OUTPOST_LOG_FORMAT", self.log_format),
+        ];
+        pairs
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect()
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}
+
+fn settings(env: &dyn Env) -> Result<Settings, ExitCode> {
+    Settings::from_env(env).map_err(|errors| {
+        for e in errors {
+            eprintln!("error: {e}");
+        }
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(flags) => serve(flags).await,
+            Command::Check(flags) => check(flags).await,
+        }
+    })
+}
+
+async fn serve(flags: Flags) -> ExitCode {
+    let env = Layered {
+        flags: flags.into_map(),
+        env: &ProcessEnv,
+    };
+    let settings = match settings(&env) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    init_logging(settings.log_format);
+    let (state, problems) = match server::build(settings, &env).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for p in &problems {
+        tracing::error!("configuration problem: {p}");
+    }
+    match server::serve(state).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn check(flags: Flags) -> ExitCode {
+    let env = Layered {
+        flags: flags.into_map(),
+        env: &ProcessEnv,
+    };
+    let settings = match settings(&env) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    init_logging(LogFormat::Text);
+    let (state, problems) = match server::build(settings, &env).await {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for p in &problems {
+        eprintln!("error: {p}");
+    }
+    let usable = state.providers.usable();
+    println!(
+        "{} provider(s) usable{}{}; {} host entr{}",
+        usable.len(),
+        if usable.is_empty() { "" } else { ": " },
+        usable.join(", "),
+        state.hosts.len(),
+        if state.hosts.len() == 1 { "y" } else { "ies" }
+    );
+    if problems.is_empty() {
+        println!("configuration OK");
+        ExitCode::SUCCESS
+    } else {
+        println!("{} problem(s) found", problems.len());
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,158 @@
+//! Phase 8 — send the signed request and stream the answer back. Redirects are not
+//! followed (D10); bodies and `Content-Encoding` pass through untouched (D11); the
+//! upstream must answer within the first-byte timeout (D12). Module-injected header
+//! values are marked sensitive so no debug output can print them (D18). Afterwards the
+//! module is told the status of unsuccessful responses (`on-response`, D17).
+
+use std::error::Error as _;
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderName, HeaderValue};
+
+use super::headers::{DROP_RESPONSE, connection_listed};
+use super::provider::Selected;
+use super::sign::Signed;
+use crate::error::ProxyError;
+use crate::runtime::{Header, ResponseInfo, Verdict};
+use crate::server::AppState;
+
+/// Forward `signed` and build the agent's response.
+pub async fn forward(
+    state: &AppState,
+    provider: &Selected<'_>,
+    signed: Signed,
+) -> Result<Response, ProxyError> {
+    let Signed {
+        request: r,
+        before,
+        body,
+        ..
+    } = signed;
+    let mut uri = format!("{}://{}{}", r.scheme, r.authority, r.path);
+    if !r.query.is_empty() {
+        uri.push('?');
+        uri.push_str(&r.query);
+    }
+    let mut builder = http::Request::builder().method(r.method.as_str()).uri(uri);
+    let headers = builder
+        .headers_mut()
+        .ok_or_else(|| ProxyError::Auth("module produced an invalid request".into()))?;
+    for h in &r.headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
+            ProxyError::Auth(format!(
+                "module returned an invalid header name '{}'",
+                h.name.escape_debug()
+            ))
+        })?;
+        let mut value = HeaderValue::from_bytes(&h.value).map_err(|_| {
+            ProxyError::Auth(format!(
+                "module returned an invalid value for header '{name}'"
+            ))
+        })?;
+        if !before
+            .iter()
+            .any(|(n, v)| *n == name.as_str() && *v == h.value)
+        {
+            value.set_sensitive(true);
+        }
+        headers.append(name, value);
+    }
+    let request = builder
+        .body(body)
+        .map_err(|e| ProxyError::Auth(format!("module produced an invalid request: {e}")))?;
+
+    let timeout = state.settings.upstream_timeout;
+    let response = match tokio::time::timeout(timeout, state.client.request(request)).await {
+        Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
+        Ok(Err(e)) => {
+            if is_timeout(&e) {
+                return Err(ProxyError::UpstreamTimeout(state.settings.connect_timeout));
+            }
+            let msg = describe(&e);
+            tracing::warn!(provider = %provider.def.name, "upstream request failed: {msg}");
+            return Err(ProxyError::Upstream(msg));
+        }
+        Ok(Ok(resp)) => resp,
+    };
+
+    let status = response.status();
+    if !(status.is_success() || status.is_redirection()) {
+        tell_module(state, provider, &response).await;
+    }
+
+    let (mut parts, incoming) = response.into_parts();
+    let listed = connection_listed(&parts.headers);
+    let strip = &provider.def.strip_response_headers;
+    let names: Vec<HeaderName> = parts.headers.keys().cloned().collect();
+    for name in names {
+        let n = name.as_str();
+        if DROP_RESPONSE.contains(&n)
+            || listed.iter().any(|l| l == n)
+            || strip.iter().any(|s| s == n)
+        {
+            parts.headers.remove(&name);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&provider.def.name) {
+        parts.headers.insert("x-proxy-provider", v);
+    }
+    parts
+        .headers
+        .insert("x-proxy-cache", HeaderValue::from_static("BYPASS"));
+    Ok(Response::from_parts(parts, Body::new(incoming)))
+}
+
+async fn tell_module<B>(state: &AppState, provider: &Selected<'_>, response: &http::Response<B>) {
+    let signer = provider.signer;
+    let info = ResponseInfo {
+        status: response.status().as_u16(),
+        headers: response
+            .headers()
+            .iter()
+            .map(|(n, v)| Header {
+                name: n.as_str().to_string(),
+                value: v.as_bytes().to_vec(),
+            })
+            .collect(),
+        body: None,
+    };
+    match state
+        .runtime
+        .on_response(&signer.module, signer.env.clone(), &signer.config, &info)
+        .await
+    {
+        Ok(Verdict::Accept) => {}
+        Ok(v) => {
+            tracing::info!(provider = %provider.def.name, status = info.status, "auth module reports the credential was rejected ({v:?})")
+        }
+        Err(e) => {
+            tracing::warn!(provider = %provider.def.name, "on-response failed: {}", signer.env.grants.redact(&e.to_string()))
+        }
+    }
+}
+
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The error and its causes, `a: b: c`.
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        parts.push(err.to_string());
+        cur = err.source();
+    }
+    parts.dedup();
+    parts.join(": ")
+}

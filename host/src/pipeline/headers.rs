@@ -1,0 +1,118 @@
+//! Phase 6 — what the upstream may see of the agent's headers (D9). Hop-by-hop headers
+//! (and any named in `Connection`), `Host`, routing and forwarding headers, the PSK and
+//! the agent's own `Authorization` are dropped; then the provider's `default_headers`
+//! replace same-named agent headers case-insensitively. It runs before signing so the
+//! module sees — and can replace — exactly what will be sent.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// Request headers never forwarded.
+const DROP_REQUEST: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "content-length",
+    "authorization",
+    "x-provider",
+    "x-broker",
+    "x-outpost-auth",
+    "forwarded",
+    "x-real-ip",
+    "cf-connecting-ip",
+    "true-client-ip",
+];
+
+/// Response headers never passed back (hop-by-hop).
+pub const DROP_RESPONSE: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Header names listed in `Connection` (they are hop-by-hop too).
+pub fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// The agent's headers as they may be forwarded, in their original order, followed or
+/// replaced by the provider's default headers.
+pub fn outbound(
+    agent: &HeaderMap,
+    defaults: &[(HeaderName, HeaderValue)],
+) -> Vec<(HeaderName, HeaderValue)> {
+    let listed = connection_listed(agent);
+    let mut out: Vec<(HeaderName, HeaderValue)> = agent
+        .iter()
+        .filter(|(n, _)| {
+            let n = n.as_str();
+            !DROP_REQUEST.contains(&n)
+                && !n.starts_with("x-forwarded-")
+                && !listed.iter().any(|l| l == n)
+        })
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    for (name, value) in defaults {
+        match out.iter().position(|(n, _)| n == name) {
+            Some(first) => {
+                out[first].1 = value.clone();
+                let mut i = 0;
+                out.retain(|(n, _)| {
+                    i += 1;
+                    i - 1 == first || n != name
+                });
+            }
+            None => out.push((name.clone(), value.clone())),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_dangerous_headers_and_applies_defaults() {
+        let mut agent = HeaderMap::new();
+        for (n, v) in [
+            ("accept", "*/*"),
+            ("authorization", "Bearer agent"),
+            ("x-outpost-auth", "psk"),
+            ("x-forwarded-host", "evil"),
+            ("connection", "close, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("cookie", "a=b"),
+            ("x-provider", "github"),
+            ("cf-connecting-ip", "127.0.0.1"),
+        ] {
+            agent.append(n, v.parse().unwrap());
+        }
+        let defaults = vec![(
+            HeaderName::from_static("accept"),
+            HeaderValue::from_static("application/json"),
+        )];
+        let out = outbound(&agent, &defaults);
+        let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["accept", "cookie"]);
+        assert_eq!(out[0].1, "application/json");
+    }
+}

@@ -1,0 +1,97 @@
+//! The life of a proxied request, as phases in the order a request meets them. Each
+//! phase is its own module and says what it decides and why it sits where it does.
+//!
+//! 1. [`client_ip`] — who is calling: the TCP peer, or the right-most untrusted
+//!    `X-Forwarded-For` hop when the peer is a trusted proxy (D4).
+//! 2. [`host_policy`] — is that address admitted at all (hosts.yaml)? First, so a
+//!    stranger learns nothing, not even which providers exist (D5).
+//! 3. [`psk`] — does the admitted host prove itself with its pre-shared key (D6)?
+//! 4. [`provider`] — which provider (`X-Provider`, `X-Broker`, `DEFAULT_PROVIDER`),
+//!    and is it usable (D3)?
+//! 5. [`target`] — the upstream URL: `base_url` path + request path, and the query.
+//! 6. [`headers`] — what the upstream may see of the agent's headers (D9), plus the
+//!    provider's default headers.
+//! 7. [`sign`] — the provider's auth module signs the request (D16, D21); a failure
+//!    is never forwarded.
+//! 8. [`forward`] — send it, stream the answer back (D10–D12), and tell the module the
+//!    upstream's verdict (D17).
+
+pub mod client_ip;
+pub mod forward;
+pub mod headers;
+pub mod host_policy;
+pub mod provider;
+pub mod psk;
+pub mod sign;
+pub mod target;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::Request;
+
+use crate::error::ProxyError;
+use crate::server::AppState;
+
+/// What the log line of a request carries.
+#[derive(Debug, Default)]
+struct Trace {
+    host: Option<String>,
+    provider: Option<String>,
+}
+
+/// Run every phase for one request.
+pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Body>) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mut trace = Trace::default();
+    let response = match run(&state, peer, req, &mut trace).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(
+                host = trace.host.as_deref().unwrap_or("-"),
+                provider = trace.provider.as_deref().unwrap_or("-"),
+                code = e.code(),
+                "refused: {e}"
+            );
+            e.into_response()
+        }
+    };
+    tracing::info!(
+        method = %method,
+        path = %path,
+        host = trace.host.as_deref().unwrap_or("-"),
+        provider = trace.provider.as_deref().unwrap_or("-"),
+        status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+async fn run(
+    state: &AppState,
+    peer: SocketAddr,
+    req: Request<Body>,
+    trace: &mut Trace,
+) -> Result<Response, ProxyError> {
+    let (parts, body) = req.into_parts();
+    let ip = client_ip::resolve(peer, &parts.headers, &state.settings.trusted_proxies)?;
+    let policy = host_policy::admit(&state.hosts, ip)?;
+    trace.host = Some(policy.id.clone());
+    psk::verify(policy, &parts.headers)?;
+    let provider = provider::resolve(
+        &state.providers,
+        &parts.headers,
+        &state.settings.default_provider,
+    )?;
+    trace.provider = Some(provider.def.name.clone());
+    let target = target::build(provider.def, &parts.uri)?;
+    let headers = headers::outbound(&parts.headers, &provider.def.default_headers);
+    let signed = sign::sign(state, &provider, &parts.method, target, headers, body).await?;
+    forward::forward(state, &provider, signed).await
+}

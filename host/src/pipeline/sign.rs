@@ -1,0 +1,111 @@
+//! Phase 7 — the provider's auth module signs the request (`sign-request`). Runs last
+//! before forwarding so it signs exactly what is sent. The body is buffered (capped,
+//! D11) only when the module declared it needs it. Any failure — module error, trap,
+//! deadline, a result that changes the target — is `502 PROXY_AUTH_ERROR`: a request
+//! is never forwarded unsigned (D16).
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method};
+use http_body_util::{BodyExt, Limited};
+
+use super::provider::Selected;
+use super::target::Target;
+use crate::error::ProxyError;
+use crate::runtime::{BodyAccess, Header, Request};
+use crate::server::AppState;
+
+/// A signed request ready to forward.
+#[derive(Debug)]
+pub struct Signed {
+    /// What the module returned.
+    pub request: Request,
+    /// Header (lower-cased name, value) pairs present before signing; anything else
+    /// was injected by the module and is marked sensitive.
+    pub before: Vec<(String, Vec<u8>)>,
+    /// The body to send.
+    pub body: Body,
+    /// The buffered body, when there is one (replayable for a retry).
+    pub buffered: Option<Bytes>,
+}
+
+/// Sign the request.
+pub async fn sign(
+    state: &AppState,
+    provider: &Selected<'_>,
+    method: &Method,
+    target: Target,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Body,
+) -> Result<Signed, ProxyError> {
+    let signer = provider.signer;
+    let (buffered, stream) = match signer.info.body_access {
+        BodyAccess::None => (None, Some(body)),
+        BodyAccess::Read | BodyAccess::ReadWrite => {
+            let limit = state.settings.max_body_bytes;
+            let bytes = Limited::new(body, limit)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        ProxyError::BodyTooLarge(limit)
+                    } else {
+                        ProxyError::Upstream(format!("reading the request body: {e}"))
+                    }
+                })?
+                .to_bytes();
+            (Some(bytes), None)
+        }
+    };
+    let before: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect();
+    let request = Request {
+        method: method.as_str().to_string(),
+        scheme: target.scheme,
+        authority: target.authority,
+        path: target.path,
+        query: target.query,
+        headers: headers
+            .into_iter()
+            .map(|(n, v)| Header {
+                name: n.as_str().to_string(),
+                value: v.as_bytes().to_vec(),
+            })
+            .collect(),
+        body: buffered.as_ref().map(|b| b.to_vec()),
+    };
+    let signed = state
+        .runtime
+        .sign(&signer.module, signer.env.clone(), &signer.config, &signer.info, request)
+        .await
+        .map_err(|e| {
+            let msg = signer.env.grants.redact(&e.to_string());
+            tracing::warn!(provider = %provider.def.name, module = %signer.module.name, "signing failed: {msg}");
+            ProxyError::Auth(msg)
+        })?;
+    let (request, body, buffered) = match (signed.body.clone(), buffered) {
+        (Some(replacement), _) => {
+            let b = Bytes::from(replacement);
+            (
+                Request {
+                    body: None,
+                    ..signed
+                },
+                Body::from(b.clone()),
+                Some(b),
+            )
+        }
+        (None, Some(b)) => (signed, Body::from(b.clone()), Some(b)),
+        (None, None) => (signed, stream.unwrap_or_else(Body::empty), None),
+    };
+    Ok(Signed {
+        request,
+        before,
+        body,
+        buffered,
+    })
+}

@@ -1,0 +1,241 @@
+//! The host side of the WIT imports, one small implementation per capability
+//! (secrets, kv, http, log), each checking the module's [`Grants`] first.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use http_body_util::{BodyExt, Limited};
+use secrecy::ExposeSecret;
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::outpost::auth::{http as whttp, kv, log, secrets, types};
+use super::grants::Grants;
+use crate::client::HttpClient;
+use crate::state::StateStore;
+
+/// What a module call may reach: shared by every call for one provider.
+#[derive(Debug)]
+pub struct CallEnv {
+    /// Module name (for logs).
+    pub module: String,
+    /// The provider's grants.
+    pub grants: Arc<Grants>,
+    /// State backend for the `kv` import.
+    pub state: Arc<StateStore>,
+    /// Client for the `http` import.
+    pub client: HttpClient,
+    /// Cap on outbound response bodies.
+    pub max_body_bytes: usize,
+}
+
+/// Per-call store data.
+pub struct HostState {
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    pub(super) env: Arc<CallEnv>,
+    pub(super) stderr: MemoryOutputPipe,
+    /// When the call started.
+    pub(super) started: Instant,
+    /// Time spent waiting in host imports (not charged to the CPU budget).
+    pub(super) io_time: Duration,
+    /// When the whole call must end.
+    pub(super) wall_deadline: Instant,
+}
+
+impl HostState {
+    /// Time the guest has been running, excluding waits in host imports.
+    pub(super) fn cpu_used(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.io_time)
+    }
+
+    fn charge_io(&mut self, since: Instant) {
+        self.io_time += since.elapsed();
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl secrets::Host for HostState {
+    fn get(&mut self, name: String) -> Option<String> {
+        let value = self
+            .env
+            .grants
+            .secret(&name)
+            .map(|s| s.expose_secret().to_string());
+        if value.is_none() {
+            tracing::debug!(module = %self.env.module, provider = %self.env.grants.provider, secret = %name,
+                "module asked for a secret that is not declared or not set");
+        }
+        value
+    }
+}
+
+impl kv::Host for HostState {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
+        self.check_key(&key)?;
+        let t = Instant::now();
+        let r = self.env.state.get(&key).await.map_err(|e| e.to_string());
+        self.charge_io(t);
+        r
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), String> {
+        self.check_key(&key)?;
+        let t = Instant::now();
+        let r = self
+            .env
+            .state
+            .set(&key, value, ttl_ms.map(Duration::from_millis))
+            .await
+            .map_err(|e| e.to_string());
+        self.charge_io(t);
+        r
+    }
+
+    async fn set_if_absent(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, String> {
+        self.check_key(&key)?;
+        let t = Instant::now();
+        let r = self
+            .env
+            .state
+            .set_if_absent(&key, value, ttl_ms.map(Duration::from_millis))
+            .await
+            .map_err(|e| e.to_string());
+        self.charge_io(t);
+        r
+    }
+
+    async fn delete(&mut self, key: String) -> Result<(), String> {
+        self.check_key(&key)?;
+        let t = Instant::now();
+        let r = self.env.state.delete(&key).await.map_err(|e| e.to_string());
+        self.charge_io(t);
+        r
+    }
+}
+
+impl HostState {
+    fn check_key(&self, key: &str) -> Result<(), String> {
+        if self.env.grants.kv_allowed(key) {
+            Ok(())
+        } else {
+            tracing::warn!(module = %self.env.module, provider = %self.env.grants.provider, key = %key,
+                "module refused access to a key its configuration does not name");
+            Err(format!(
+                "key '{key}' is not granted: use a key named in the config (redis_key) or one under '{}:'",
+                self.env.grants.provider
+            ))
+        }
+    }
+}
+
+impl whttp::Host for HostState {
+    async fn send(
+        &mut self,
+        req: whttp::OutgoingRequest,
+    ) -> Result<whttp::IncomingResponse, String> {
+        if !self.env.grants.origin_allowed(&req.url) {
+            tracing::warn!(module = %self.env.module, provider = %self.env.grants.provider,
+                "module refused outbound request to an origin its configuration does not name");
+            return Err(format!(
+                "outbound request refused: origin of '{}' is not granted (granted: {})",
+                req.url,
+                self.env.grants.origins().join(", ")
+            ));
+        }
+        let t = Instant::now();
+        let remaining = self.wall_deadline.saturating_duration_since(t);
+        let timeout = req
+            .timeout_ms
+            .map(|ms| Duration::from_millis(u64::from(ms)).min(remaining))
+            .unwrap_or(remaining);
+        let result = tokio::time::timeout(timeout, send_inner(self.env.clone(), req)).await;
+        self.charge_io(t);
+        match result {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "outbound request timed out after {} ms",
+                timeout.as_millis()
+            )),
+        }
+    }
+}
+
+/// Takes the shared environment rather than `&HostState`, which is not `Sync`.
+async fn send_inner(
+    env: Arc<CallEnv>,
+    req: whttp::OutgoingRequest,
+) -> Result<whttp::IncomingResponse, String> {
+    let mut builder = http::Request::builder()
+        .method(req.method.as_str())
+        .uri(req.url.as_str());
+    for h in &req.headers {
+        builder = builder.header(h.name.as_str(), h.value.as_slice());
+    }
+    let request = builder
+        .body(req.body.map(Body::from).unwrap_or_else(Body::empty))
+        .map_err(|e| format!("invalid outbound request: {e}"))?;
+    let resp = env
+        .client
+        .request(request)
+        .await
+        .map_err(|e| format!("outbound request failed: {e}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(n, v)| types::Header {
+            name: n.as_str().to_string(),
+            value: v.as_bytes().to_vec(),
+        })
+        .collect();
+    let body = Limited::new(resp.into_body(), env.max_body_bytes)
+        .collect()
+        .await
+        .map_err(|e| format!("outbound response body: {e}"))?
+        .to_bytes()
+        .to_vec();
+    Ok(whttp::IncomingResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) {
+        let message = self.env.grants.redact(&message);
+        let (module, provider) = (&self.env.module, &self.env.grants.provider);
+        match level {
+            log::Level::Trace => tracing::trace!(%module, %provider, "{message}"),
+            log::Level::Debug => tracing::debug!(%module, %provider, "{message}"),
+            log::Level::Info => tracing::info!(%module, %provider, "{message}"),
+            log::Level::Warn => tracing::warn!(%module, %provider, "{message}"),
+            log::Level::Error => tracing::error!(%module, %provider, "{message}"),
+        }
+    }
+}

@@ -1,0 +1,598 @@
+//! The WebAssembly runtime that runs auth modules (D20–D22).
+//!
+//! One [`wasmtime::Engine`] (component model, async, pooling allocator, epoch
+//! interruption). Each module is compiled once — or loaded from the on-disk cache of
+//! compiled artefacts keyed by the component's SHA-256 and the engine's configuration —
+//! and pre-instantiated. Every call gets a fresh store and instance (no state leaks
+//! between requests), a CPU deadline enforced by epoch interruption, a wall-clock
+//! deadline, and a memory cap. Traps and deadlines become errors, never crashes.
+
+pub mod cache;
+pub mod grants;
+pub mod host;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
+    UpdateDeadline,
+};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use crate::config::settings::ModuleLimits;
+pub use host::CallEnv;
+use host::HostState;
+
+/// Generated host bindings for `wit/outpost.wit`.
+#[allow(missing_docs, clippy::all)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "module",
+        imports: {
+            "outpost:auth/kv": async,
+            "outpost:auth/http": async,
+        },
+        exports: { default: async },
+    });
+}
+
+pub use bindings::outpost::auth::types::{
+    BodyAccess, Error as ModuleError, Header, ModuleInfo, Request, ResponseInfo, Verdict,
+};
+
+/// How often the epoch ticks; the CPU deadline is checked at this granularity.
+const TICK: Duration = Duration::from_millis(2);
+
+/// Interfaces a module may import. Anything else (filesystem, sockets, wasi:http…) is
+/// refused at load time with the offending import named (D21).
+const ALLOWED_IMPORT_PREFIXES: &[&str] = &[
+    "outpost:auth/",
+    "wasi:cli/environment@",
+    "wasi:cli/exit@",
+    "wasi:cli/stdin@",
+    "wasi:cli/stdout@",
+    "wasi:cli/stderr@",
+    "wasi:cli/terminal-",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+];
+
+/// Loading or calling a module failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine could not be configured.
+    #[error("cannot start the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The bytes are not a valid component.
+    #[error("module '{module}' is not a valid WebAssembly component: {reason}")]
+    Invalid {
+        /// Module name.
+        module: String,
+        /// Why.
+        reason: String,
+    },
+    /// The component imports a capability Outpost does not grant.
+    #[error(
+        "module '{module}' imports '{import}', which Outpost does not provide to auth modules (no filesystem, sockets or environment)"
+    )]
+    ForbiddenImport {
+        /// Module name.
+        module: String,
+        /// The import's name.
+        import: String,
+    },
+    /// The component does not implement the `outpost:auth/module` world.
+    #[error("module '{module}' does not implement the outpost:auth/module world: {reason}")]
+    WrongWorld {
+        /// Module name.
+        module: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A module call failed. Every variant fails closed (D16).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The module returned an error.
+    #[error("{}", module_error_text(.0))]
+    Module(ModuleError),
+    /// The module used up its CPU budget.
+    #[error("module exceeded its CPU deadline of {0:?}")]
+    CpuDeadline(Duration),
+    /// The call took longer than its wall-clock deadline.
+    #[error("module exceeded its wall-clock deadline of {0:?}")]
+    WallDeadline(Duration),
+    /// The module trapped (panic, out-of-bounds, memory limit…).
+    #[error("module trapped: {0}")]
+    Trap(String),
+    /// The host refused the module's result.
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn module_error_text(e: &ModuleError) -> &str {
+    match e {
+        ModuleError::Config(m) | ModuleError::Unavailable(m) | ModuleError::Internal(m) => m,
+    }
+}
+
+#[derive(Debug)]
+struct CpuDeadlineHit;
+
+impl std::fmt::Display for CpuDeadlineHit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CPU deadline exceeded")
+    }
+}
+
+impl std::error::Error for CpuDeadlineHit {}
+
+/// Where a module's bytes came from.
+#[derive(Debug, Clone)]
+pub enum ModuleSource {
+    /// Embedded in the binary.
+    Builtin,
+    /// A `.wasm` file.
+    File(PathBuf),
+}
+
+/// How a module was loaded (for logs and the cache test).
+#[derive(Debug, Clone, Copy)]
+pub struct LoadReport {
+    /// Loaded from the compiled-artefact cache instead of compiled.
+    pub from_cache: bool,
+    /// Time to compile or deserialize.
+    pub elapsed: Duration,
+}
+
+/// A compiled, pre-instantiated module.
+pub struct LoadedModule {
+    /// Module name (`bearer_static`, `my_plugin`…).
+    pub name: String,
+    /// Where it came from.
+    pub source: ModuleSource,
+    /// SHA-256 of the component bytes, hex.
+    pub digest: String,
+    /// How it was loaded.
+    pub report: LoadReport,
+    pre: bindings::ModulePre<HostState>,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The engine, linker and limits shared by every module.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    limits: ModuleLimits,
+    cache: Option<cache::CompileCache>,
+    _ticker: Ticker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// Configure the engine. `cache_dir` enables the compiled-artefact cache.
+    pub fn new(limits: ModuleLimits, cache_dir: Option<PathBuf>) -> Result<Self, RuntimeError> {
+        let engine_err = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
+        let slots = limits.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(8))
+            .total_memories(slots.saturating_mul(2))
+            .total_tables(slots.saturating_mul(8))
+            .max_core_instances_per_component(32)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16)
+            .max_memory_size(limits.memory_bytes);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(engine_err)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+        bindings::Module::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(engine_err)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (engine.weak(), stop.clone());
+        std::thread::Builder::new()
+            .name("outpost-epoch".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match e.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        let cache = cache_dir.map(|dir| cache::CompileCache::new(dir, &engine));
+        Ok(Self {
+            engine,
+            linker,
+            limits,
+            cache,
+            _ticker: Ticker { stop },
+        })
+    }
+
+    /// The module limits in force.
+    pub fn limits(&self) -> &ModuleLimits {
+        &self.limits
+    }
+
+    /// Compile (or load from cache) and pre-instantiate a component. Built-ins and
+    /// plugin files take exactly this path (D20). Blocking: call from a blocking context.
+    pub fn load(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        source: ModuleSource,
+    ) -> Result<LoadedModule, RuntimeError> {
+        let invalid = |reason: String| RuntimeError::Invalid {
+            module: name.to_string(),
+            reason,
+        };
+        let digest = hex::encode(Sha256::digest(bytes));
+        let started = Instant::now();
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.load(&self.engine, &digest));
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(c) => c,
+            None => {
+                let c =
+                    Component::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+                if let Some(cache) = &self.cache {
+                    cache.store(&c, &digest);
+                }
+                c
+            }
+        };
+        let report = LoadReport {
+            from_cache,
+            elapsed: started.elapsed(),
+        };
+
+        let ty = component.component_type();
+        for (import, _) in ty.imports(&self.engine) {
+            if !ALLOWED_IMPORT_PREFIXES
+                .iter()
+                .any(|p| import.starts_with(p))
+            {
+                return Err(RuntimeError::ForbiddenImport {
+                    module: name.to_string(),
+                    import: import.to_string(),
+                });
+            }
+        }
+        let wrong = |e: wasmtime::Error| RuntimeError::WrongWorld {
+            module: name.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong)?;
+        let pre = bindings::ModulePre::new(instance_pre).map_err(wrong)?;
+        tracing::info!(
+            module = name,
+            from_cache,
+            elapsed_ms = report.elapsed.as_secs_f64() * 1000.0,
+            "auth module {}",
+            if from_cache {
+                "loaded from compile cache"
+            } else {
+                "compiled"
+            }
+        );
+        Ok(LoadedModule {
+            name: name.to_string(),
+            source,
+            digest,
+            report,
+            pre,
+        })
+    }
+
+    fn store(&self, env: Arc<CallEnv>) -> Store<HostState> {
+        let stderr = MemoryOutputPipe::new(4096);
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let now = Instant::now();
+        let data = HostState {
+            wasi,
+            table: Default::default(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            env,
+            stderr,
+            started: now,
+            io_time: Duration::ZERO,
+            wall_deadline: now + self.limits.wall,
+        };
+        let mut store = Store::new(&self.engine, data);
+        store.limiter(|s| &mut s.limits);
+        let cpu = self.limits.cpu;
+        store.epoch_deadline_callback(move |ctx| {
+            if ctx.data().cpu_used() > cpu {
+                Err(wasmtime::Error::new(CpuDeadlineHit))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+        store
+    }
+
+    fn trap(
+        &self,
+        module: &LoadedModule,
+        store: &Store<HostState>,
+        e: wasmtime::Error,
+    ) -> CallError {
+        if e.is::<CpuDeadlineHit>() {
+            tracing::warn!(module = %module.name, "auth module interrupted at its CPU deadline");
+            return CallError::CpuDeadline(self.limits.cpu);
+        }
+        let stderr = String::from_utf8_lossy(&store.data().stderr.contents())
+            .trim()
+            .to_string();
+        let stderr = store.data().env.grants.redact(&stderr);
+        tracing::warn!(module = %module.name, stderr = %stderr, "auth module trapped: {e:#}");
+        let first = e.to_string();
+        CallError::Trap(if stderr.is_empty() {
+            first
+        } else {
+            format!("{first} ({stderr})")
+        })
+    }
+
+    /// Run `validate-config`.
+    pub async fn validate(
+        &self,
+        m: &LoadedModule,
+        env: Arc<CallEnv>,
+        config: &str,
+    ) -> Result<ModuleInfo, CallError> {
+        let mut store = self.store(env);
+        let wall = self.limits.wall;
+        let fut = async {
+            let inst = m.pre.instantiate_async(&mut store).await?;
+            inst.call_validate_config(&mut store, config).await
+        };
+        let r = tokio::time::timeout(wall, fut)
+            .await
+            .map_err(|_| CallError::WallDeadline(wall))?;
+        match r {
+            Ok(Ok(info)) => Ok(info),
+            Ok(Err(e)) => Err(CallError::Module(e)),
+            Err(e) => Err(self.trap(m, &store, e)),
+        }
+    }
+
+    /// Run `sign-request`, then check the module changed nothing it may not (D21).
+    pub async fn sign(
+        &self,
+        m: &LoadedModule,
+        env: Arc<CallEnv>,
+        config: &str,
+        info: &ModuleInfo,
+        req: Request,
+    ) -> Result<Request, CallError> {
+        let mut store = self.store(env);
+        let wall = self.limits.wall;
+        let fut = async {
+            let inst = m.pre.instantiate_async(&mut store).await?;
+            inst.call_sign_request(&mut store, config, &req).await
+        };
+        let r = tokio::time::timeout(wall, fut)
+            .await
+            .map_err(|_| CallError::WallDeadline(wall))?;
+        let signed = match r {
+            Ok(Ok(signed)) => signed,
+            Ok(Err(e)) => return Err(CallError::Module(e)),
+            Err(e) => return Err(self.trap(m, &store, e)),
+        };
+        check_signed(&req, &signed, info)?;
+        Ok(signed)
+    }
+
+    /// Run `on-response`.
+    pub async fn on_response(
+        &self,
+        m: &LoadedModule,
+        env: Arc<CallEnv>,
+        config: &str,
+        resp: &ResponseInfo,
+    ) -> Result<Verdict, CallError> {
+        let mut store = self.store(env);
+        let wall = self.limits.wall;
+        let fut = async {
+            let inst = m.pre.instantiate_async(&mut store).await?;
+            inst.call_on_response(&mut store, config, resp).await
+        };
+        let r = tokio::time::timeout(wall, fut)
+            .await
+            .map_err(|_| CallError::WallDeadline(wall))?;
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(CallError::Module(e)),
+            Err(e) => Err(self.trap(m, &store, e)),
+        }
+    }
+}
+
+/// A module may change headers, query and (with `read-write` body access) the body;
+/// never the method, scheme, authority or path (D21). Header names and values must be
+/// valid HTTP, and the query must be valid in a URI.
+fn check_signed(before: &Request, after: &Request, info: &ModuleInfo) -> Result<(), CallError> {
+    let refuse = |what: &str| {
+        Err(CallError::Refused(format!(
+            "module changed the request {what}, which is not allowed"
+        )))
+    };
+    if after.method != before.method {
+        return refuse("method");
+    }
+    if after.scheme != before.scheme {
+        return refuse("scheme");
+    }
+    if after.authority != before.authority {
+        return refuse("authority");
+    }
+    if after.path != before.path {
+        return refuse("path");
+    }
+    if after.body.is_some() && !matches!(info.body_access, BodyAccess::ReadWrite) {
+        return refuse("body (it did not declare body-access read-write)");
+    }
+    for h in &after.headers {
+        if http::HeaderName::from_bytes(h.name.as_bytes()).is_err()
+            || http::HeaderValue::from_bytes(&h.value).is_err()
+        {
+            return Err(CallError::Refused(format!(
+                "module returned an invalid header '{}'",
+                h.name.escape_debug()
+            )));
+        }
+    }
+    if after.query != before.query && after.query.bytes().any(|b| !is_query_byte(b)) {
+        return Err(CallError::Refused(
+            "module returned a query with characters that must be percent-encoded".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 3986 `query` characters (plus `%` for escapes).
+fn is_query_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> Request {
+        Request {
+            method: "GET".into(),
+            scheme: "https".into(),
+            authority: "api.example.com".into(),
+            path: "/v1/x".into(),
+            query: "a=1".into(),
+            headers: vec![],
+            body: None,
+        }
+    }
+
+    #[test]
+    fn signed_request_may_not_change_its_target() {
+        let info = ModuleInfo {
+            body_access: BodyAccess::None,
+        };
+        let ok = Request {
+            query: "a=1&sig=ab%20".into(),
+            ..req()
+        };
+        assert!(check_signed(&req(), &ok, &info).is_ok());
+        for bad in [
+            Request {
+                method: "POST".into(),
+                ..req()
+            },
+            Request {
+                authority: "evil.example.com".into(),
+                ..req()
+            },
+            Request {
+                path: "/admin".into(),
+                ..req()
+            },
+            Request {
+                scheme: "http".into(),
+                ..req()
+            },
+            Request {
+                body: Some(b"x".to_vec()),
+                ..req()
+            },
+            Request {
+                query: "a=1 2".into(),
+                ..req()
+            },
+            Request {
+                headers: vec![Header {
+                    name: "Bad Name".into(),
+                    value: vec![],
+                }],
+                ..req()
+            },
+            Request {
+                headers: vec![Header {
+                    name: "X".into(),
+                    value: b"a\nb".to_vec(),
+                }],
+                ..req()
+            },
+        ] {
+            assert!(check_signed(&req(), &bad, &info).is_err(), "{bad:?}");
+        }
+        let rw = ModuleInfo {
+            body_access: BodyAccess::ReadWrite,
+        };
+        assert!(
+            check_signed(
+                &req(),
+                &Request {
+                    body: Some(b"x".to_vec()),
+                    ..req()
+                },
+                &rw
+            )
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,29 @@
+//! `none`: forwards requests without adding any credential (public APIs, or upstreams
+//! reached through another trust mechanism). Its configuration must be empty.
+
+use outpost_plugin_sdk::{
+    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseInfo, Verdict, export_module,
+};
+
+const WHO: &str = "NoneAuth";
+
+struct NoneAuth;
+
+impl Guest for NoneAuth {
+    fn validate_config(config: String) -> Result<ModuleInfo, Error> {
+        Config::parse(&config, WHO)?.allow_only(&[])?;
+        Ok(ModuleInfo {
+            body_access: BodyAccess::None,
+        })
+    }
+
+    fn sign_request(_config: String, req: Request) -> Result<Request, Error> {
+        Ok(req)
+    }
+
+    fn on_response(_config: String, _resp: ResponseInfo) -> Result<Verdict, Error> {
+        Ok(Verdict::Accept)
+    }
+}
+
+export_module!(NoneAuth);

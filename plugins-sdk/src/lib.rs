@@ -1,0 +1,288 @@
+//! # Outpost plugin SDK
+//!
+//! Everything a Rust author needs to write an Outpost auth module: the generated
+//! bindings for the `outpost:auth/module` world (see `wit/outpost.wit`), an
+//! [`export_module!`] macro, and small helpers for reading configuration, secrets and
+//! editing requests.
+//!
+//! A module is a `cdylib` built with `cargo build --target wasm32-wasip2 --release`;
+//! drop the resulting `.wasm` into Outpost's plugins directory and name it in a
+//! provider YAML (`auth: {type: plugin, module: my_plugin.wasm, config: {…}}`).
+//!
+//! ```no_run
+//! use outpost_plugin_sdk::{export_module, Config, Error, Guest, ModuleInfo, Request,
+//!     ResponseInfo, Verdict, BodyAccess};
+//!
+//! struct Fixture;
+//!
+//! impl Guest for Fixture {
+//!     fn validate_config(config: String) -> Result<ModuleInfo, Error> {
+//!         let cfg = Config::parse(&config, "Fixture")?;
+//!         cfg.required_secret("env")?; // fails at load time if the secret is unset
+//!         Ok(ModuleInfo { body_access: BodyAccess::None })
+//!     }
+//!
+//!     fn sign_request(config: String, mut req: Request) -> Result<Request, Error> {
+//!         let cfg = Config::parse(&config, "Fixture")?;
+//!         let token = cfg.required_secret("env")?;
+//!         outpost_plugin_sdk::set_header(&mut req.headers, "X-Fixture", token.as_bytes());
+//!         Ok(req)
+//!     }
+//!
+//!     fn on_response(config: String, resp: ResponseInfo) -> Result<Verdict, Error> {
+//!         let cfg = Config::parse(&config, "Fixture")?;
+//!         Ok(if cfg.invalidate_on(&[401])?.contains(&resp.status) {
+//!             Verdict::Invalidated
+//!         } else {
+//!             Verdict::Accept
+//!         })
+//!     }
+//! }
+//!
+//! export_module!(Fixture);
+//! ```
+
+// Lets the generated code name this crate by its public path from inside it too.
+extern crate self as outpost_plugin_sdk;
+
+/// Generated bindings for the `outpost:auth/module` world.
+// SAFETY: `unsafe` is necessary here: wit-bindgen's generated glue implements the
+// component-model canonical ABI (raw pointers into linear memory, `export_name`
+// functions). It is machine-generated from `wit/outpost.wit`; no hand-written unsafe.
+#[allow(missing_docs, clippy::all, unsafe_code)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "module",
+        pub_export_macro: true,
+        export_macro_name: "export_module",
+        default_bindings_module: "outpost_plugin_sdk::bindings",
+        runtime_path: "outpost_plugin_sdk::wit_bindgen::rt",
+    });
+}
+
+#[doc(hidden)]
+pub use wit_bindgen;
+
+pub use bindings::Guest;
+pub use bindings::export_module;
+pub use bindings::outpost::auth::types::{
+    BodyAccess, Error, Header, ModuleInfo, Request, ResponseInfo, Verdict,
+};
+pub use bindings::outpost::auth::{http, kv, log, secrets};
+
+use serde_json::{Map, Value};
+
+/// The module's configuration: the provider's `auth:` block (or a plugin's `config:`
+/// map) as a JSON object, with typed accessors whose errors name the key.
+#[derive(Debug, Clone)]
+pub struct Config {
+    who: &'static str,
+    map: Map<String, Value>,
+}
+
+impl Config {
+    /// Parse the JSON text the host passes. `who` prefixes error messages
+    /// (e.g. `BearerStaticAuth`), so operators see which scheme complained.
+    pub fn parse(text: &str, who: &'static str) -> Result<Self, Error> {
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => Ok(Self { who, map }),
+            Ok(_) => Err(Error::Config(format!("{who}: config must be a map."))),
+            Err(e) => Err(Error::Config(format!(
+                "{who}: config is not valid JSON: {e}"
+            ))),
+        }
+    }
+
+    /// The raw JSON value under `key`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.map.get(key)
+    }
+
+    /// Whether `key` is present (even if null).
+    pub fn has(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// The whole map.
+    pub fn map(&self) -> &Map<String, Value> {
+        &self.map
+    }
+
+    /// The prefix used in error messages.
+    pub fn who(&self) -> &'static str {
+        self.who
+    }
+
+    /// A config error with the module's prefix.
+    pub fn error(&self, message: impl std::fmt::Display) -> Error {
+        Error::Config(format!("{}: {message}", self.who))
+    }
+
+    /// An optional string; a non-string value is an error naming the key.
+    pub fn str_opt(&self, key: &str) -> Result<Option<&str>, Error> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(self.error(format_args!("'{key}' must be a string."))),
+        }
+    }
+
+    /// A string with a default.
+    pub fn str_or<'a>(&'a self, key: &str, default: &'a str) -> Result<&'a str, Error> {
+        Ok(self.str_opt(key)?.unwrap_or(default))
+    }
+
+    /// A required, non-empty string.
+    pub fn required_str(&self, key: &str) -> Result<&str, Error> {
+        match self.str_opt(key)? {
+            Some(s) if !s.is_empty() => Ok(s),
+            _ => Err(self.error(format_args!("'{key}' config field is required."))),
+        }
+    }
+
+    /// The secret named by the string under `key` (e.g. `env: GITHUB_TOKEN`), which
+    /// must be set and non-empty.
+    pub fn required_secret(&self, key: &str) -> Result<String, Error> {
+        let name = self.required_str(key)?;
+        secret(name)
+            .ok_or_else(|| self.error(format_args!("env var '{name}' is not set or empty.")))
+    }
+
+    /// The secret named under `key`, if the key is present and the secret set.
+    pub fn optional_secret(&self, key: &str) -> Result<Option<String>, Error> {
+        Ok(self.str_opt(key)?.and_then(secret))
+    }
+
+    /// Refuse keys other than `known`, with a did-you-mean hint, so a typo in the YAML
+    /// is reported at load time instead of silently ignored.
+    pub fn allow_only(&self, known: &[&str]) -> Result<(), Error> {
+        for key in self.map.keys() {
+            if known.contains(&key.as_str()) {
+                continue;
+            }
+            let hint = known
+                .iter()
+                .map(|k| (strsim::levenshtein(k, key), *k))
+                .filter(|(d, _)| *d <= 3)
+                .min()
+                .map(|(_, k)| format!(" (did you mean '{k}'?)"))
+                .unwrap_or_default();
+            return Err(self.error(format_args!(
+                "unknown config key '{key}'{hint}; expected one of: {}.",
+                known.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// A list of HTTP statuses under `invalidate_on`, or `default`.
+    pub fn invalidate_on(&self, default: &[u16]) -> Result<Vec<u16>, Error> {
+        self.status_list("invalidate_on", default)
+    }
+
+    /// A list of HTTP statuses under `key`, or `default` when absent.
+    pub fn status_list(&self, key: &str, default: &[u16]) -> Result<Vec<u16>, Error> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(default.to_vec()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|n| u16::try_from(n).ok())
+                        .filter(|n| (100..=599).contains(n))
+                        .ok_or_else(|| {
+                            self.error(format_args!("'{key}' must be a list of HTTP status codes."))
+                        })
+                })
+                .collect(),
+            Some(_) => {
+                Err(self.error(format_args!("'{key}' must be a list of HTTP status codes.")))
+            }
+        }
+    }
+}
+
+/// A secret by name, `None` when unset, empty, or not declared by the configuration.
+pub fn secret(name: &str) -> Option<String> {
+    secrets::get(name).filter(|v| !v.is_empty())
+}
+
+/// Set a header, replacing every same-named header (ASCII case-insensitive) so an agent
+/// can never smuggle a second credential. The first replaced header keeps its position;
+/// a new header is appended.
+pub fn set_header(headers: &mut Vec<Header>, name: &str, value: &[u8]) {
+    let mut placed = false;
+    headers.retain_mut(|h| {
+        if !h.name.eq_ignore_ascii_case(name) {
+            return true;
+        }
+        if placed {
+            return false;
+        }
+        placed = true;
+        h.name = name.to_string();
+        h.value = value.to_vec();
+        true
+    });
+    if !placed {
+        headers.push(Header {
+            name: name.to_string(),
+            value: value.to_vec(),
+        });
+    }
+}
+
+/// Log through the host (secret values are redacted by the host as well).
+pub fn log(level: log::Level, message: &str) {
+    log::log(level, message);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(name: &str, value: &str) -> Header {
+        Header {
+            name: name.into(),
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn set_header_replaces_case_insensitively_in_place() {
+        let mut headers = vec![
+            h("accept", "*/*"),
+            h("authorization", "evil"),
+            h("AUTHORIZATION", "x"),
+        ];
+        set_header(&mut headers, "Authorization", b"Bearer t");
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers[1].name, "Authorization");
+        assert_eq!(headers[1].value, b"Bearer t");
+    }
+
+    #[test]
+    fn set_header_appends_when_absent() {
+        let mut headers = vec![h("accept", "*/*")];
+        set_header(&mut headers, "X-Api-Key", b"k");
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers[1].name, "X-Api-Key");
+    }
+
+    #[test]
+    fn config_type_errors_name_the_key() {
+        let cfg = Config::parse(r#"{"header": 5}"#, "T").unwrap();
+        match cfg.str_opt("header") {
+            Err(Error::Config(m)) => assert_eq!(m, "T: 'header' must be a string."),
+            other => panic!("{other:?}"),
+        }
+        match cfg.status_list("invalidate_on", &[401]) {
+            Ok(v) => assert_eq!(v, vec![401]),
+            other => panic!("{other:?}"),
+        }
+        let cfg = Config::parse(r#"{"invalidate_on": 401}"#, "T").unwrap();
+        assert!(cfg.invalidate_on(&[401]).is_err());
+        assert!(Config::parse("[]", "T").is_err());
+    }
+}

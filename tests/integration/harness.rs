@@ -1,0 +1,332 @@
+//! Test harness: builds fixture plugins, runs mock upstreams, starts the real `outpost`
+//! binary on a free port with a configuration written to a temporary directory, and
+//! captures everything it logs.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::response::Response;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Build every fixture plugin once (a separate cargo invocation, as a plugin author
+/// would) and return the path of `<name>.wasm`.
+pub fn fixture(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let target = root().join("target").join("wasm");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(root())
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--target-dir",
+            ])
+            .arg(&target);
+        for entry in std::fs::read_dir(root().join("tests/fixtures")).expect("fixtures dir") {
+            let entry = entry.expect("entry");
+            let pkg = entry.file_name().to_string_lossy().replace('_', "-");
+            cmd.args(["-p", &pkg]);
+        }
+        cmd.env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("RUSTFLAGS");
+        let status = cmd.status().expect("run cargo for fixtures");
+        assert!(status.success(), "building fixture plugins failed");
+        target.join("wasm32-wasip2").join("release")
+    });
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(path.is_file(), "fixture {} missing", path.display());
+    path
+}
+
+/// One request as the mock upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query, exactly as received.
+    pub target: String,
+    /// Headers in arrival order, names lower-case.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Seen {
+    /// Every value of header `name`.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The single value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let all = self.all(name);
+        assert!(
+            all.len() <= 1,
+            "header {name} sent {} times: {all:?}",
+            all.len()
+        );
+        all.first().copied()
+    }
+}
+
+type Responder = Arc<dyn Fn(&Seen) -> Response + Send + Sync>;
+
+/// A mock upstream on a loopback port, recording every request.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    /// Answers `200 upstream-ok` to everything.
+    pub async fn start() -> Self {
+        Self::with(|_| Response::new("upstream-ok".into())).await
+    }
+
+    /// Answers with `f`.
+    pub async fn with(f: impl Fn(&Seen) -> Response + Send + Sync + 'static) -> Self {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let responder: Responder = Arc::new(f);
+        let (s, r) = (seen.clone(), responder.clone());
+        let app = axum::Router::new().fallback(move |req: Request| {
+            let (s, r) = (s.clone(), r.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, usize::MAX)
+                    .await
+                    .unwrap_or_default();
+                let seen = Seen {
+                    method: parts.method.to_string(),
+                    target: parts
+                        .uri
+                        .path_and_query()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                    headers: parts
+                        .headers
+                        .iter()
+                        .map(|(n, v)| {
+                            (
+                                n.as_str().to_string(),
+                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                            )
+                        })
+                        .collect(),
+                    body,
+                };
+                let resp = r(&seen);
+                s.lock().unwrap().push(seen);
+                resp
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The only request received.
+    pub fn one(&self) -> Seen {
+        let seen = self.seen();
+        assert_eq!(
+            seen.len(),
+            1,
+            "expected exactly one upstream request, got {seen:#?}"
+        );
+        seen.into_iter().next().unwrap()
+    }
+}
+
+/// A configuration directory for one Outpost.
+pub struct Config {
+    pub dir: tempfile::TempDir,
+    pub env: HashMap<String, String>,
+}
+
+pub const LOCAL_HOSTS: &str =
+    "hosts:\n  - id: local\n    cidrs: [127.0.0.1/32, \"::1/128\"]\n    can_call_sensitive: true\n";
+
+impl Config {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("providers")).unwrap();
+        std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+        let c = Config {
+            dir,
+            env: HashMap::new(),
+        };
+        c.hosts(LOCAL_HOSTS);
+        c
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn provider(&self, file: &str, yaml: &str) -> &Self {
+        std::fs::write(self.path("providers").join(file), yaml).unwrap();
+        self
+    }
+
+    pub fn hosts(&self, yaml: &str) -> &Self {
+        std::fs::write(self.path("hosts.yaml"), yaml).unwrap();
+        self
+    }
+
+    pub fn plugin(&self, fixture_name: &str) -> &Self {
+        std::fs::copy(
+            fixture(fixture_name),
+            self.path("plugins").join(format!("{fixture_name}.wasm")),
+        )
+        .unwrap();
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.insert(k.into(), v.into());
+        self
+    }
+
+    /// The `outpost` command with this configuration and a clean environment.
+    pub fn command(&self, sub: &str) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        cmd.arg(sub)
+            .env_clear()
+            .env("PROVIDERS_DIR", self.path("providers"))
+            .env("HOSTS_CONFIG_PATH", self.path("hosts.yaml"))
+            .env("PLUGINS_DIR", self.path("plugins"))
+            .env("OUTPOST_CACHE_DIR", self.path("cache"))
+            .env("OUTPOST_PLUGIN_MAX_INSTANCES", "64")
+            .env("PROXY_HOST", "127.0.0.1")
+            .env("PROXY_PORT", "0")
+            .envs(&self.env);
+        cmd
+    }
+}
+
+/// A running `outpost serve`.
+pub struct Outpost {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<String>>,
+    pub startup: Duration,
+}
+
+impl Outpost {
+    pub fn start(config: &Config) -> Self {
+        Self::start_cmd(config.command("serve"))
+    }
+
+    pub fn start_cmd(mut cmd: Command) -> Self {
+        let started = Instant::now();
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn outpost");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = logs.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(i) = line.find("outpost listening on ") {
+                    let addr: SocketAddr = line[i + 21..].trim().parse().unwrap();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut l = l.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("outpost did not start:\n{}", logs.lock().unwrap());
+            }
+        };
+        Outpost {
+            child,
+            addr,
+            logs,
+            startup: started.elapsed(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Everything logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Stop (SIGKILL) and return the logs.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(50));
+        self.logs()
+    }
+}
+
+impl Drop for Outpost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Parse an error envelope and return (code, message, metadata).
+pub fn envelope(body: &str) -> (String, String, serde_json::Value) {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    assert_eq!(v["status"], "FAILURE", "{body}");
+    (
+        v["error"]["code"].as_str().unwrap().to_string(),
+        v["error"]["message"].as_str().unwrap().to_string(),
+        v["error"]["metadata"].clone(),
+    )
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real `outpost` binary over sockets, against mock upstreams.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+mod check;
+mod foundation;
+mod plugins;

@@ -1,0 +1,165 @@
+//! Third-party plugins: built from their own crates, dropped into the plugins directory,
+//! named in YAML — no rebuild of Outpost. Least authority and deadlines.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_in_plugin_signs_requests_and_gets_only_declared_secrets() {
+    let up = Upstream::start().await;
+    let cfg = Config::new()
+        .env("FIXTURE_SECRET", "fixture-secret-value")
+        .env("UNDECLARED_SECRET", "must-not-leak-42");
+    cfg.plugin("fixture_header");
+    cfg.provider(
+        "fix.yaml",
+        &format!(
+            "name: fix\nbase_url: {}\nauth:\n  type: plugin\n  module: fixture_header.wasm\n  config:\n    env: FIXTURE_SECRET\n    probe: UNDECLARED_SECRET\n",
+            up.url()
+        ),
+    );
+    let outpost = Outpost::start(&cfg);
+    let r = client()
+        .get(outpost.url("/v1/thing"))
+        .header("X-Provider", "fix")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let seen = up.one();
+    assert_eq!(seen.header("x-fixture"), Some("fixture-secret-value"));
+    assert_eq!(
+        seen.header("x-probe"),
+        Some("absent"),
+        "an undeclared secret must resolve to nothing"
+    );
+    let logs = outpost.stop();
+    assert!(
+        !logs.contains("fixture-secret-value") && !logs.contains("must-not-leak-42"),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn looping_plugin_is_cut_off_while_others_keep_serving() {
+    let up = Upstream::start().await;
+    let cfg = Config::new()
+        .env("GH_TOKEN", "tok")
+        .env("OUTPOST_PLUGIN_CPU_MS", "200");
+    cfg.plugin("fixture_loop");
+    cfg.provider(
+        "loop.yaml",
+        &format!(
+            "name: loop\nbase_url: {}\nauth: {{type: plugin, module: fixture_loop.wasm}}\n",
+            up.url()
+        ),
+    );
+    cfg.provider(
+        "ok.yaml",
+        &format!(
+            "name: ok\nbase_url: {}\nauth: {{type: bearer_static, env: GH_TOKEN}}\n",
+            up.url()
+        ),
+    );
+    let outpost = Outpost::start(&cfg);
+    let c = client();
+
+    // Several looping requests at once, and a steady stream of healthy ones meanwhile.
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, url) = (c.clone(), outpost.url("/spin"));
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let r = c
+                    .get(url)
+                    .header("X-Provider", "loop")
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.text().await.unwrap(), t.elapsed())
+            })
+        })
+        .collect();
+    let healthy = {
+        let (c, url) = (c.clone(), outpost.url("/fine"));
+        tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            for _ in 0..40 {
+                let t = Instant::now();
+                let r = c.get(&url).header("X-Provider", "ok").send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                worst = worst.max(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            worst
+        })
+    };
+    for l in loops {
+        let (status, body, took) = l.await.unwrap();
+        assert_eq!(status, 502, "{body}");
+        let (code, msg, _) = envelope(&body);
+        assert_eq!(code, "PROXY_AUTH_ERROR");
+        assert!(msg.contains("CPU deadline"), "{msg}");
+        assert!(took < Duration::from_secs(3), "cut off too late: {took:?}");
+    }
+    let worst = healthy.await.unwrap();
+    assert!(
+        worst < Duration::from_secs(1),
+        "healthy provider stalled for {worst:?}"
+    );
+    assert!(
+        up.seen().iter().all(|s| s.target == "/fine"),
+        "a looping request must never be forwarded"
+    );
+    let r = c
+        .get(outpost.url("/after"))
+        .header("X-Provider", "ok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the proxy keeps serving");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_start_uses_the_compile_cache() {
+    let up = Upstream::start().await;
+    let cfg = Config::new().env("FIXTURE_SECRET", "x-value");
+    cfg.plugin("fixture_header");
+    cfg.provider("fix.yaml", &format!("name: fix\nbase_url: {}\nauth: {{type: plugin, module: fixture_header.wasm, config: {{env: FIXTURE_SECRET}}}}\n", up.url()));
+    cfg.provider(
+        "none.yaml",
+        &format!("name: open\nbase_url: {}\nauth: {{type: none}}\n", up.url()),
+    );
+
+    let first = Outpost::start(&cfg);
+    let (cold, logs1) = (first.startup, first.stop());
+    let compiled = logs1.matches("auth module compiled").count();
+    assert_eq!(compiled, 2, "first start compiles both modules:\n{logs1}");
+    let cached_files = std::fs::read_dir(cfg.path("cache")).unwrap().count();
+    assert_eq!(cached_files, 2);
+
+    let second = Outpost::start(&cfg);
+    let warm = second.startup;
+    let r = client()
+        .get(second.url("/v"))
+        .header("X-Provider", "fix")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let logs2 = second.stop();
+    assert_eq!(
+        logs2.matches("auth module compiled").count(),
+        0,
+        "no recompilation:\n{logs2}"
+    );
+    assert_eq!(
+        logs2
+            .matches("auth module loaded from compile cache")
+            .count(),
+        2,
+        "{logs2}"
+    );
+    eprintln!("start-up: cold {cold:?}, warm {warm:?}");
+}
