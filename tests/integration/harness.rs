@@ -262,7 +262,13 @@ impl Outpost {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(i) = line.find("outpost listening on ") {
-                    let addr: SocketAddr = line[i + 21..].trim().parse().unwrap();
+                    let addr: SocketAddr = line[i + 21..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .trim_end_matches(['"', ','])
+                        .parse()
+                        .unwrap();
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }

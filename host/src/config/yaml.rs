@@ -20,16 +20,30 @@ pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigEr
         let raw = inner.to_string();
         // serde_yaml_ng prefixes messages with the path and suffixes the location; keep
         // only the reason, we print both ourselves.
-        let reason = strip_location(strip_path_prefix(&raw, &path));
-        let reason = explain_unknown_field(reason).unwrap_or_else(|| reason.to_string());
+        let reason = strip_location(strip_path_prefix(&raw));
+        let (path, reason) = match explain_unknown_field(reason) {
+            // The path ends with the unknown key itself; name the map that holds it.
+            Some(r) => (parent(&path), r),
+            None => (path, reason.to_string()),
+        };
         ConfigError::new(file, path, format!("{reason}{line}"))
     })
 }
 
-fn strip_path_prefix<'a>(msg: &'a str, path: &str) -> &'a str {
-    msg.strip_prefix(path)
-        .and_then(|m| m.strip_prefix(": "))
-        .unwrap_or(msg)
+fn parent(path: &str) -> String {
+    match path.rfind('.') {
+        Some(i) => path[..i].to_string(),
+        None => ".".to_string(),
+    }
+}
+
+/// serde_yaml_ng prefixes messages with its own rendering of the path
+/// (`hosts[0]: unknown field …`); we print the path ourselves.
+fn strip_path_prefix(msg: &str) -> &str {
+    match msg.split_once(": ") {
+        Some((head, rest)) if !head.is_empty() && !head.contains(' ') => rest,
+        _ => msg,
+    }
 }
 
 fn strip_location(msg: &str) -> &str {
