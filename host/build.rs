@@ -42,6 +42,7 @@ fn run() -> Result<(), String> {
     );
     println!("cargo::rerun-if-env-changed=OUTPOST_SKIP_MODULE_BUILD");
 
+    ensure_wasm_target();
     let modules = module_dirs(&root.join("modules"))?;
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -93,6 +94,33 @@ fn run() -> Result<(), String> {
     table.push_str("];\n");
     fs::write(out.join("builtin_modules.rs"), table).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// On a fresh machine the `wasm32-wasip2` standard library is missing; install it with
+/// rustup (when rustup manages this toolchain) so `cargo build` just works.
+fn ensure_wasm_target() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let libdir = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if libdir.is_some_and(|d| d.is_dir()) {
+        return;
+    }
+    println!(
+        "cargo::warning=installing the wasm32-wasip2 target with rustup (needed for the auth modules)"
+    );
+    let ok = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        println!(
+            "cargo::warning=could not run `rustup target add wasm32-wasip2`; install the target yourself"
+        );
+    }
 }
 
 /// Every `modules/<name>/Cargo.toml`; the directory name is the module name.

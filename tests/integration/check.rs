@@ -87,3 +87,30 @@ fn shipped_quickstart_example_is_valid() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("configuration OK"), "{text}");
 }
+
+#[test]
+fn shipped_providers_pass_check_when_enabled() {
+    let cfg = Config::new()
+        .env("GITHUB_TOKEN", "dummy")
+        .env("OPENAI_API_KEY", "dummy")
+        .env("STRIPE_SECRET_KEY", "dummy");
+    let mut count = 0;
+    for entry in std::fs::read_dir(root().join("providers")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("enabled: false"),
+            "{} must ship disabled",
+            path.display()
+        );
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        cfg.provider(&name, &text.replace("enabled: false", "enabled: true"));
+        count += 1;
+    }
+    let (ok, text) = run_check(&cfg);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("{count} provider(s) usable")),
+        "{text}"
+    );
+}

@@ -135,7 +135,7 @@ impl Reader<'_> {
 
     fn seconds(&mut self, name: &str, default: f64) -> Duration {
         let secs: f64 = self.parse(name, default, "a number of seconds");
-        if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 {
+        if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
             self.fail(
                 name,
                 &secs.to_string(),

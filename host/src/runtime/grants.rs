@@ -40,10 +40,8 @@ impl Grants {
                 if key == "redis_key" || key == "redis_lock_key" {
                     g.kv_keys.push(s.clone());
                 }
-                if key.ends_with("url") {
-                    if let Some(o) = origin_of(s) {
-                        g.origins.push(o);
-                    }
+                if let Some(o) = origin_of(s).filter(|_| key.ends_with("url")) {
+                    g.origins.push(o);
                 }
                 if key.ends_with("_path") {
                     wants_base_origin = true;
