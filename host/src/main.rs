@@ -166,22 +166,33 @@ fn main() -> ExitCode {
     })
 }
 
-async fn serve(flags: Flags) -> ExitCode {
+/// Read settings and build everything, as both `serve` and `check` do. Returns the state
+/// and the provider problems found (those providers answer 503).
+async fn load(
+    flags: Flags,
+    log_format: Option<LogFormat>,
+) -> Result<(server::AppState, Vec<outpost::config::ConfigError>), ExitCode> {
     let env = Layered {
         flags: flags.into_map(),
         env: &ProcessEnv,
     };
-    let settings = match settings(&env) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    init_logging(settings.log_format);
-    let (state, problems) = match server::build(settings, &env).await {
-        Ok(x) => x,
-        Err(e) => {
+    let settings = settings(&env)?;
+    let plain = log_format.is_some();
+    init_logging(log_format.unwrap_or(settings.log_format));
+    server::build(settings, &env).await.map_err(|e| {
+        if plain {
+            eprintln!("error: {e}");
+        } else {
             tracing::error!("cannot start: {e}");
-            return ExitCode::FAILURE;
         }
+        ExitCode::FAILURE
+    })
+}
+
+async fn serve(flags: Flags) -> ExitCode {
+    let (state, problems) = match load(flags, None).await {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     for p in &problems {
         tracing::error!("configuration problem: {p}");
@@ -196,21 +207,9 @@ async fn serve(flags: Flags) -> ExitCode {
 }
 
 async fn check(flags: Flags) -> ExitCode {
-    let env = Layered {
-        flags: flags.into_map(),
-        env: &ProcessEnv,
-    };
-    let settings = match settings(&env) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    init_logging(LogFormat::Text);
-    let (state, problems) = match server::build(settings, &env).await {
+    let (state, problems) = match load(flags, Some(LogFormat::Text)).await {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     for p in &problems {
         eprintln!("error: {p}");

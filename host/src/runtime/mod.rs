@@ -377,17 +377,18 @@ impl Runtime {
             tracing::warn!(module = %module.name, "auth module interrupted at its CPU deadline");
             return CallError::CpuDeadline(self.limits.cpu);
         }
+        // What the module printed (a panic message…) goes to the log, redacted; the agent
+        // only learns the kind of trap, since module output could carry derived secrets.
         let stderr = String::from_utf8_lossy(&store.data().stderr.contents())
             .trim()
             .to_string();
         let stderr = store.data().env.grants.redact(&stderr);
         tracing::warn!(module = %module.name, stderr = %stderr, "auth module trapped: {e:#}");
-        let first = e.to_string();
-        CallError::Trap(if stderr.is_empty() {
-            first
-        } else {
-            format!("{first} ({stderr})")
-        })
+        let kind = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => trap.to_string(),
+            None => e.root_cause().to_string(),
+        };
+        CallError::Trap(kind)
     }
 
     /// Run `validate-config`.
@@ -403,14 +404,8 @@ impl Runtime {
             let inst = m.pre.instantiate_async(&mut store).await?;
             inst.call_validate_config(&mut store, config).await
         };
-        let r = tokio::time::timeout(wall, fut)
-            .await
-            .map_err(|_| CallError::WallDeadline(wall))?;
-        match r {
-            Ok(Ok(info)) => Ok(info),
-            Ok(Err(e)) => Err(CallError::Module(e)),
-            Err(e) => Err(self.trap(m, &store, e)),
-        }
+        let outcome = tokio::time::timeout(wall, fut).await;
+        self.settle(m, &store, outcome)
     }
 
     /// Run `sign-request`, then check the module changed nothing it may not (D21).
@@ -428,14 +423,8 @@ impl Runtime {
             let inst = m.pre.instantiate_async(&mut store).await?;
             inst.call_sign_request(&mut store, config, &req).await
         };
-        let r = tokio::time::timeout(wall, fut)
-            .await
-            .map_err(|_| CallError::WallDeadline(wall))?;
-        let signed = match r {
-            Ok(Ok(signed)) => signed,
-            Ok(Err(e)) => return Err(CallError::Module(e)),
-            Err(e) => return Err(self.trap(m, &store, e)),
-        };
+        let outcome = tokio::time::timeout(wall, fut).await;
+        let signed = self.settle(m, &store, outcome)?;
         check_signed(&req, &signed, info)?;
         Ok(signed)
     }
@@ -454,13 +443,23 @@ impl Runtime {
             let inst = m.pre.instantiate_async(&mut store).await?;
             inst.call_on_response(&mut store, config, resp).await
         };
-        let r = tokio::time::timeout(wall, fut)
-            .await
-            .map_err(|_| CallError::WallDeadline(wall))?;
-        match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(CallError::Module(e)),
-            Err(e) => Err(self.trap(m, &store, e)),
+        let outcome = tokio::time::timeout(wall, fut).await;
+        self.settle(m, &store, outcome)
+    }
+
+    /// Turn a call's outcome — wall-clock expiry, trap, module error or success — into
+    /// a result.
+    fn settle<T>(
+        &self,
+        m: &LoadedModule,
+        store: &Store<HostState>,
+        outcome: Result<wasmtime::Result<Result<T, ModuleError>>, tokio::time::error::Elapsed>,
+    ) -> Result<T, CallError> {
+        match outcome {
+            Err(_) => Err(CallError::WallDeadline(self.limits.wall)),
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e))) => Err(CallError::Module(e)),
+            Ok(Err(e)) => Err(self.trap(m, store, e)),
         }
     }
 }
