@@ -11,7 +11,7 @@
 //!
 //! ```no_run
 //! use outpost_plugin_sdk::{export_module, Config, Error, Guest, ModuleInfo, Request,
-//!     ResponseInfo, Verdict, BodyAccess};
+//!     ResponseHook, ResponseInfo, Verdict, BodyAccess};
 //!
 //! struct Fixture;
 //!
@@ -19,7 +19,7 @@
 //!     fn validate_config(config: String) -> Result<ModuleInfo, Error> {
 //!         let cfg = Config::parse(&config, "Fixture")?;
 //!         cfg.required_secret("env")?; // fails at load time if the secret is unset
-//!         Ok(ModuleInfo { body_access: BodyAccess::None })
+//!         Ok(ModuleInfo { body_access: BodyAccess::None, response_hook: ResponseHook::Errors })
 //!     }
 //!
 //!     fn sign_request(config: String, mut req: Request) -> Result<Request, Error> {
@@ -67,7 +67,7 @@ pub use wit_bindgen;
 pub use bindings::Guest;
 pub use bindings::export_module;
 pub use bindings::outpost::auth::types::{
-    BodyAccess, Error, Header, ModuleInfo, Request, ResponseInfo, Verdict,
+    BodyAccess, Error, Header, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
 };
 pub use bindings::outpost::auth::{http, kv, log, secrets};
 

@@ -2,27 +2,34 @@
 //! followed (D10); bodies and `Content-Encoding` pass through untouched (D11); the
 //! upstream must answer within the first-byte timeout (D12). Module-injected header
 //! values are marked sensitive so no debug output can print them (D18). Afterwards the
-//! module is told the status of unsuccessful responses (`on-response`, D17).
+//! module is told about the response as its `response-hook` asked (`on-response`, D17);
+//! its verdict decides whether the pipeline retries once with a fresh credential.
 
 use std::error::Error as _;
 
 use axum::body::Body;
 use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use http::{HeaderName, HeaderValue};
+use http_body_util::BodyExt;
 
 use super::headers::{DROP_RESPONSE, connection_listed};
 use super::provider::Selected;
 use super::sign::Signed;
 use crate::error::ProxyError;
-use crate::runtime::{Header, ResponseInfo, Verdict};
+use crate::runtime::{Header, ResponseHook, ResponseInfo, Verdict};
+
+/// Largest JSON response body shown to `on-response`; larger bodies stream unseen.
+const MAX_INSPECTED_BODY: usize = 1024 * 1024;
 use crate::server::AppState;
 
-/// Forward `signed` and build the agent's response.
+/// Forward `signed` and build the agent's response, with the module's verdict on it.
 pub async fn forward(
     state: &AppState,
     provider: &Selected<'_>,
     signed: Signed,
-) -> Result<Response, ProxyError> {
+) -> Result<(Response, Verdict), ProxyError> {
     let Signed {
         request: r,
         before,
@@ -76,12 +83,30 @@ pub async fn forward(
         Ok(Ok(resp)) => resp,
     };
 
-    let status = response.status();
-    if !(status.is_success() || status.is_redirection()) {
-        tell_module(state, provider, &response).await;
-    }
-
     let (mut parts, incoming) = response.into_parts();
+    let hook = provider.signer.info.response_hook;
+    let status = parts.status.as_u16();
+    let (verdict, body) = match hook {
+        ResponseHook::None => (Verdict::Accept, Body::new(incoming)),
+        ResponseHook::Errors if status < 400 => (Verdict::Accept, Body::new(incoming)),
+        ResponseHook::Errors => (
+            tell_module(state, provider, &parts, None).await,
+            Body::new(incoming),
+        ),
+        ResponseHook::AllWithJsonBody => {
+            let is_json = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.to_ascii_lowercase().contains("application/json"));
+            let (seen, body) = if is_json {
+                peek(incoming, MAX_INSPECTED_BODY).await
+            } else {
+                (None, Body::new(incoming))
+            };
+            (tell_module(state, provider, &parts, seen).await, body)
+        }
+    };
     let listed = connection_listed(&parts.headers);
     let strip = &provider.def.strip_response_headers;
     let names: Vec<HeaderName> = parts.headers.keys().cloned().collect();
@@ -100,34 +125,80 @@ pub async fn forward(
     parts
         .headers
         .insert("x-proxy-cache", HeaderValue::from_static("BYPASS"));
-    Ok(Response::from_parts(parts, Body::new(incoming)))
+    Ok((Response::from_parts(parts, body), verdict))
 }
 
-async fn tell_module<B>(state: &AppState, provider: &Selected<'_>, response: &http::Response<B>) {
+/// Read up to `cap` bytes of `body`. Returns the whole body when it fits; otherwise
+/// `None` and a body that replays what was read, then streams the rest.
+async fn peek<B>(mut body: B, cap: usize) -> (Option<Bytes>, Body)
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut buf = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => {
+                let bytes = buf.freeze();
+                return (Some(bytes.clone()), Body::from(bytes));
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+                if buf.len() > cap {
+                    let head =
+                        futures_util::stream::once(std::future::ready(Ok::<Bytes, axum::Error>(
+                            buf.freeze(),
+                        )));
+                    let rest = body.into_data_stream().map(|r| r.map_err(axum::Error::new));
+                    return (None, Body::from_stream(head.chain(rest)));
+                }
+            }
+            Some(Err(e)) => {
+                let head = futures_util::stream::once(std::future::ready(
+                    Ok::<Bytes, axum::Error>(buf.freeze()),
+                ));
+                let fail = futures_util::stream::once(std::future::ready(Err(axum::Error::new(e))));
+                return (None, Body::from_stream(head.chain(fail)));
+            }
+        }
+    }
+}
+
+async fn tell_module(
+    state: &AppState,
+    provider: &Selected<'_>,
+    parts: &http::response::Parts,
+    body: Option<Bytes>,
+) -> Verdict {
     let signer = provider.signer;
     let info = ResponseInfo {
-        status: response.status().as_u16(),
-        headers: response
-            .headers()
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
             .iter()
             .map(|(n, v)| Header {
                 name: n.as_str().to_string(),
                 value: v.as_bytes().to_vec(),
             })
             .collect(),
-        body: None,
+        body: body.map(|b| b.to_vec()),
     };
     match state
         .runtime
         .on_response(&signer.module, signer.env.clone(), &signer.config, &info)
         .await
     {
-        Ok(Verdict::Accept) => {}
+        Ok(Verdict::Accept) => Verdict::Accept,
         Ok(v) => {
-            tracing::info!(provider = %provider.def.name, status = info.status, "auth module reports the credential was rejected ({v:?})")
+            tracing::info!(provider = %provider.def.name, status = info.status,
+                "auth module reports the credential was rejected ({v:?})");
+            v
         }
         Err(e) => {
-            tracing::warn!(provider = %provider.def.name, "on-response failed: {}", signer.env.grants.redact(&e.to_string()))
+            tracing::warn!(provider = %provider.def.name, "on-response failed: {}", signer.env.grants.redact(&e.to_string()));
+            Verdict::Accept
         }
     }
 }

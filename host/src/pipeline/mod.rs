@@ -31,9 +31,11 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::Request;
 
 use crate::error::ProxyError;
+use crate::runtime::Verdict;
 use crate::server::AppState;
 
 /// What the log line of a request carries.
@@ -92,6 +94,37 @@ async fn run(
     trace.provider = Some(provider.def.name.clone());
     let target = target::build(provider.def, &parts.uri)?;
     let headers = headers::outbound(&parts.headers, &provider.def.default_headers);
-    let signed = sign::sign(state, &provider, &parts.method, target, headers, body).await?;
-    forward::forward(state, &provider, signed).await
+    let empty_body = http_body::Body::is_end_stream(&body);
+    let signed = sign::sign(
+        state,
+        &provider,
+        &parts.method,
+        target.clone(),
+        headers.clone(),
+        body,
+    )
+    .await?;
+    // A body can be sent again only if we hold it (buffered for the signer) or there is none.
+    let replay = signed
+        .buffered
+        .clone()
+        .or_else(|| empty_body.then(Bytes::new));
+    let (response, verdict) = forward::forward(state, &provider, signed).await?;
+    match (verdict, replay) {
+        // D17: the module dropped a rejected credential and can mint a fresh one: retry once.
+        (Verdict::Retry, Some(body)) => {
+            tracing::info!(provider = %provider.def.name, "retrying once with a fresh credential");
+            let signed = sign::sign(
+                state,
+                &provider,
+                &parts.method,
+                target,
+                headers,
+                Body::from(body),
+            )
+            .await?;
+            Ok(forward::forward(state, &provider, signed).await?.0)
+        }
+        _ => Ok(response),
+    }
 }

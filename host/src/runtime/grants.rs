@@ -43,7 +43,9 @@ impl Grants {
                 if let Some(o) = origin_of(s).filter(|_| key.ends_with("url")) {
                     g.origins.push(o);
                 }
-                if key.ends_with("_path") {
+                // `mint_path: /v1/token`, or a relative `token_url: /oauth/token`, address
+                // the provider's own origin.
+                if key.ends_with("_path") || (key.ends_with("url") && s.starts_with('/')) {
                     wants_base_origin = true;
                 }
             }

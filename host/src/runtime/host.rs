@@ -41,8 +41,11 @@ pub struct HostState {
     pub(super) stderr: MemoryOutputPipe,
     /// When the call started.
     pub(super) started: Instant,
-    /// Time spent waiting in host imports (not charged to the CPU budget).
+    /// Time spent in host calls — our imports and WASI alike (not charged to the CPU
+    /// budget). Measured by the store's call hook.
     pub(super) io_time: Duration,
+    /// When the current host call began, if the guest is inside one.
+    pub(super) in_host_since: Option<Instant>,
     /// When the whole call must end.
     pub(super) wall_deadline: Instant,
 }
@@ -53,8 +56,13 @@ impl HostState {
         self.started.elapsed().saturating_sub(self.io_time)
     }
 
-    fn charge_io(&mut self, since: Instant) {
-        self.io_time += since.elapsed();
+    /// Called by the store's call hook on every guest ↔ host transition.
+    pub(super) fn on_transition(&mut self, entering_host: bool) {
+        if entering_host {
+            self.in_host_since = Some(Instant::now());
+        } else if let Some(since) = self.in_host_since.take() {
+            self.io_time += since.elapsed();
+        }
     }
 }
 
@@ -87,9 +95,7 @@ impl secrets::Host for HostState {
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
         self.check_key(&key)?;
-        let t = Instant::now();
         let r = self.env.state.get(&key).await.map_err(|e| e.to_string());
-        self.charge_io(t);
         r
     }
 
@@ -100,14 +106,12 @@ impl kv::Host for HostState {
         ttl_ms: Option<u64>,
     ) -> Result<(), String> {
         self.check_key(&key)?;
-        let t = Instant::now();
         let r = self
             .env
             .state
             .set(&key, value, ttl_ms.map(Duration::from_millis))
             .await
             .map_err(|e| e.to_string());
-        self.charge_io(t);
         r
     }
 
@@ -118,22 +122,18 @@ impl kv::Host for HostState {
         ttl_ms: Option<u64>,
     ) -> Result<bool, String> {
         self.check_key(&key)?;
-        let t = Instant::now();
         let r = self
             .env
             .state
             .set_if_absent(&key, value, ttl_ms.map(Duration::from_millis))
             .await
             .map_err(|e| e.to_string());
-        self.charge_io(t);
         r
     }
 
     async fn delete(&mut self, key: String) -> Result<(), String> {
         self.check_key(&key)?;
-        let t = Instant::now();
         let r = self.env.state.delete(&key).await.map_err(|e| e.to_string());
-        self.charge_io(t);
         r
     }
 }
@@ -167,14 +167,12 @@ impl whttp::Host for HostState {
                 self.env.grants.origins().join(", ")
             ));
         }
-        let t = Instant::now();
-        let remaining = self.wall_deadline.saturating_duration_since(t);
+        let remaining = self.wall_deadline.saturating_duration_since(Instant::now());
         let timeout = req
             .timeout_ms
             .map(|ms| Duration::from_millis(u64::from(ms)).min(remaining))
             .unwrap_or(remaining);
         let result = tokio::time::timeout(timeout, send_inner(self.env.clone(), req)).await;
-        self.charge_io(t);
         match result {
             Ok(r) => r,
             Err(_) => Err(format!(

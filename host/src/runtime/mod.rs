@@ -44,7 +44,8 @@ pub mod bindings {
 }
 
 pub use bindings::outpost::auth::types::{
-    BodyAccess, Error as ModuleError, Header, ModuleInfo, Request, ResponseInfo, Verdict,
+    BodyAccess, Error as ModuleError, Header, ModuleInfo, Request, ResponseHook, ResponseInfo,
+    Verdict,
 };
 
 /// How often the epoch ticks; the CPU deadline is checked at this granularity.
@@ -351,10 +352,16 @@ impl Runtime {
             stderr,
             started: now,
             io_time: Duration::ZERO,
+            in_host_since: None,
             wall_deadline: now + self.limits.wall,
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|s| &mut s.limits);
+        // Time blocked in host calls (outbound HTTP, state, WASI sleeps) is not CPU time.
+        store.call_hook(|mut ctx, hook| {
+            ctx.data_mut().on_transition(hook.entering_host());
+            Ok(())
+        });
         let cpu = self.limits.cpu;
         store.epoch_deadline_callback(move |ctx| {
             if ctx.data().cpu_used() > cpu {
@@ -531,6 +538,7 @@ mod tests {
     fn signed_request_may_not_change_its_target() {
         let info = ModuleInfo {
             body_access: BodyAccess::None,
+            response_hook: ResponseHook::None,
         };
         let ok = Request {
             query: "a=1&sig=ab%20".into(),
@@ -581,6 +589,7 @@ mod tests {
         }
         let rw = ModuleInfo {
             body_access: BodyAccess::ReadWrite,
+            response_hook: ResponseHook::None,
         };
         assert!(
             check_signed(

@@ -6,8 +6,8 @@
 //! is only reported).
 
 use outpost_plugin_sdk::{
-    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseInfo, Verdict, export_module,
-    set_header,
+    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
+    export_module, set_header,
 };
 
 const WHO: &str = "BearerStaticAuth";
@@ -45,6 +45,7 @@ impl Guest for BearerStatic {
         settings(&config)?;
         Ok(ModuleInfo {
             body_access: BodyAccess::None,
+            response_hook: ResponseHook::Errors,
         })
     }
 

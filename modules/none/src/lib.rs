@@ -2,7 +2,8 @@
 //! reached through another trust mechanism). Its configuration must be empty.
 
 use outpost_plugin_sdk::{
-    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseInfo, Verdict, export_module,
+    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
+    export_module,
 };
 
 const WHO: &str = "NoneAuth";
@@ -14,6 +15,7 @@ impl Guest for NoneAuth {
         Config::parse(&config, WHO)?.allow_only(&[])?;
         Ok(ModuleInfo {
             body_access: BodyAccess::None,
+            response_hook: ResponseHook::None,
         })
     }
 
