@@ -32,12 +32,30 @@ pub enum ProxyError {
         /// Host entry id.
         host: String,
     },
+    /// The request is malformed or ambiguous (e.g. both `Content-Length` and
+    /// `Transfer-Encoding`); refused before anything reaches an upstream.
+    #[error("{0}")]
+    BadRequest(String),
     /// The request path is not acceptable (D7).
     #[error("{0}")]
     BadPath(String),
     /// No route for the request.
     #[error("{0}")]
     NoRoute(String),
+    /// A deny rule matched (D7).
+    #[error("Path {path} is denied for provider '{provider}'")]
+    PathDenied {
+        /// The canonical path.
+        path: String,
+        /// Provider name.
+        provider: String,
+    },
+    /// A sensitive route and a host without `can_call_sensitive`.
+    #[error("Host '{host}' is not permitted to call sensitive endpoints")]
+    SensitiveDenied {
+        /// Host entry id.
+        host: String,
+    },
     /// The provider exists but its configuration is broken (D3).
     #[error("Provider '{provider}' is not usable: {reason}")]
     ProviderConfig {
@@ -68,7 +86,10 @@ impl ProxyError {
             Self::HostDenied { .. } => "PROXY_HOST_DENIED",
             Self::AuthRequired { .. } => "PROXY_AUTH_REQUIRED",
             Self::BadPath(_) => "PROXY_BAD_PATH",
+            Self::BadRequest(_) => "PROXY_BAD_REQUEST",
             Self::NoRoute(_) => "PROXY_NO_ROUTE",
+            Self::PathDenied { .. } => "PROXY_PATH_DENIED",
+            Self::SensitiveDenied { .. } => "PROXY_SENSITIVE_DENIED",
             Self::ProviderConfig { .. } => "PROXY_PROVIDER_CONFIG_ERROR",
             Self::Auth(_) => "PROXY_AUTH_ERROR",
             Self::Upstream(_) => "PROXY_UPSTREAM_ERROR",
@@ -80,8 +101,12 @@ impl ProxyError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::UnknownProvider { .. } | Self::BadPath(_) => StatusCode::BAD_REQUEST,
-            Self::HostDenied { .. } => StatusCode::FORBIDDEN,
+            Self::UnknownProvider { .. } | Self::BadPath(_) | Self::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::HostDenied { .. } | Self::PathDenied { .. } | Self::SensitiveDenied { .. } => {
+                StatusCode::FORBIDDEN
+            }
             Self::AuthRequired { .. } => StatusCode::UNAUTHORIZED,
             Self::NoRoute(_) => StatusCode::NOT_FOUND,
             Self::ProviderConfig { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -141,6 +166,10 @@ impl IntoResponse for ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if matches!(self, Self::BadRequest(_)) {
+            // The rest of the connection cannot be trusted to be framed as the agent meant.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if matches!(self, Self::AuthRequired { .. }) {
             headers.insert(
                 header::WWW_AUTHENTICATE,

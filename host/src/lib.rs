@@ -6,9 +6,10 @@
 //! component — sign the request, and forwards it. The agent never holds a secret.
 //!
 //! Module map, in the order a request meets it:
-//! - [`server`] — the HTTP front and management endpoints;
+//! - [`server`] — the HTTP front; [`management`] — health, readiness, docs, metrics;
 //! - [`pipeline`] — the request's phases, one module each;
 //! - [`runtime`] — the WebAssembly runtime that runs auth modules;
+//! - [`policy`] — path canonicalisation, globs and routes (pure, fuzzed);
 //! - [`providers`] — loading providers and their modules;
 //! - [`config`] — settings, provider YAML, hosts.yaml;
 //! - [`state`] — key-value state (embedded; Redis to scale out);
@@ -18,7 +19,11 @@ pub mod builtin;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod framing;
+pub mod management;
+pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod providers;
 pub mod runtime;
 pub mod server;

@@ -1,15 +1,20 @@
 //! The HTTP front: [`app`] builds the router (management endpoints + the proxy
-//! fallback) so most tests need no socket; [`serve`] binds and runs it.
+//! fallback) so most tests need no socket; [`serve`] accepts connections with hyper's
+//! own limits (header size and count → 431, header read timeout) and shuts down
+//! gracefully, letting in-flight requests finish.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
-use serde_json::json;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tower::ServiceExt;
 
 use crate::client::{self, HttpClient};
 use crate::config::ConfigError;
@@ -35,6 +40,8 @@ pub struct AppState {
     pub client: HttpClient,
     /// State store.
     pub state: Arc<StateStore>,
+    /// Prometheus metrics.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Start-up failed.
@@ -57,6 +64,9 @@ pub enum StartError {
     /// Serving.
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    /// Metrics registry.
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// Build the application state. Returns it with every provider problem found (those
@@ -83,6 +93,7 @@ pub async fn build(
         client: client.clone(),
     })
     .await;
+    let metrics = crate::metrics::Metrics::new()?;
     Ok((
         AppState {
             settings,
@@ -91,21 +102,24 @@ pub async fn build(
             runtime,
             client,
             state,
+            metrics,
         },
         outcome.problems,
     ))
 }
 
-/// The router: management endpoints, then the proxy for everything else.
+/// The router: management endpoints (GET only), then the proxy for everything else.
 pub fn app(state: Arc<AppState>) -> Router {
+    use crate::management as m;
     Router::new()
-        .route("/healthz", get(healthz).fallback(proxy))
+        .route("/healthz", get(m::healthz).fallback(proxy))
+        .route("/readyz", get(m::readyz).fallback(proxy))
+        .route("/providers", get(m::providers).fallback(proxy))
+        .route("/openapi.json", get(m::openapi).fallback(proxy))
+        .route("/docs", get(m::docs).fallback(proxy))
+        .route("/metrics", get(m::metrics).fallback(proxy))
         .fallback(proxy)
         .with_state(state)
-}
-
-async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(json!({ "status": "ok", "providers": state.providers.usable() })).into_response()
 }
 
 async fn proxy(
@@ -116,6 +130,13 @@ async fn proxy(
     crate::pipeline::handle(state, peer, req).await
 }
 
+/// Largest request head (request line + headers) accepted; larger → 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most request headers accepted; more → 431.
+pub const MAX_HEADERS: usize = 128;
+/// Time a client has to send its request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Bind and serve until SIGINT/SIGTERM.
 pub async fn serve(state: AppState) -> Result<(), StartError> {
     let addr = SocketAddr::new(state.settings.host, state.settings.port);
@@ -124,14 +145,71 @@ pub async fn serve(state: AppState) -> Result<(), StartError> {
         .map_err(|source| StartError::Bind { addr, source })?;
     let bound = listener.local_addr().map_err(StartError::Serve)?;
     tracing::info!(addr = %bound, providers = ?state.providers.usable(), "outpost listening on {bound}");
-    let app = app(Arc::new(state));
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown())
-    .await
-    .map_err(StartError::Serve)
+    let router = app(Arc::new(state));
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let stop = shutdown();
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let router = router.clone();
+        let verdicts = crate::framing::Verdicts::default();
+        let io = crate::framing::Watched::new(stream, verdicts.clone());
+        let service = hyper::service::service_fn(
+            move |req: http::Request<hyper::body::Incoming>| {
+                let ambiguous =
+                    req.version() < http::Version::HTTP_2 && verdicts.next_is_ambiguous();
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(ConnectInfo(peer));
+                let router = router.clone();
+                async move {
+                    if ambiguous {
+                        tracing::warn!(%peer, "refused a request with both Content-Length and Transfer-Encoding");
+                        let e = crate::error::ProxyError::BadRequest(
+                            "Content-Length together with Transfer-Encoding is ambiguous".into(),
+                        );
+                        return Ok(axum::response::IntoResponse::into_response(e));
+                    }
+                    router.oneshot(req).await
+                }
+            },
+        );
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests still running after 30 s; exiting");
+    }
+    Ok(())
 }
 
 async fn shutdown() {

@@ -262,13 +262,12 @@ impl Outpost {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(i) = line.find("outpost listening on ") {
-                    let addr: SocketAddr = line[i + 21..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .trim_end_matches(['"', ','])
-                        .parse()
-                        .unwrap();
+                    // Text or JSON log line: the address is the run of address characters.
+                    let addr: String = line[i + 21..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_hexdigit() || ".:[]".contains(*c))
+                        .collect();
+                    let addr: SocketAddr = addr.parse().unwrap();
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }

@@ -6,4 +6,5 @@ mod harness;
 
 mod check;
 mod foundation;
+mod pipeline;
 mod plugins;

@@ -205,6 +205,8 @@ pub struct ProviderDef {
     pub forwarding: Forwarding,
     /// Expanded allow rules.
     pub allow: Vec<AllowRule>,
+    /// Compiled deny/allow policy.
+    pub routes: crate::policy::route::RoutePolicy,
 }
 
 /// A parsed provider file.
@@ -309,7 +311,10 @@ fn validate(file: &Path, raw: ProviderFile) -> Result<ProviderDef, ConfigError> 
             }
         }
     }
+    let routes = crate::policy::route::RoutePolicy::compile(&raw.forwarding, &allow)
+        .map_err(|(k, r)| err(&k, r))?;
     Ok(ProviderDef {
+        routes,
         file: file.to_path_buf(),
         origin: format!("{scheme}://{authority}"),
         name,

@@ -1,4 +1,4 @@
-//! Phase 8 — send the signed request and stream the answer back. Redirects are not
+//! Phase 11 — send the signed request and stream the answer back. Redirects are not
 //! followed (D10); bodies and `Content-Encoding` pass through untouched (D11); the
 //! upstream must answer within the first-byte timeout (D12). Module-injected header
 //! values are marked sensitive so no debug output can print them (D18). Afterwards the
@@ -70,6 +70,7 @@ pub async fn forward(
         .map_err(|e| ProxyError::Auth(format!("module produced an invalid request: {e}")))?;
 
     let timeout = state.settings.upstream_timeout;
+    let sent = std::time::Instant::now();
     let response = match tokio::time::timeout(timeout, state.client.request(request)).await {
         Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
         Ok(Err(e)) => {
@@ -82,6 +83,8 @@ pub async fn forward(
         }
         Ok(Ok(resp)) => resp,
     };
+    let latency = sent.elapsed();
+    state.metrics.upstream(&provider.def.name, latency);
 
     let (mut parts, incoming) = response.into_parts();
     let hook = provider.signer.info.response_hook;
@@ -125,7 +128,29 @@ pub async fn forward(
     parts
         .headers
         .insert("x-proxy-cache", HeaderValue::from_static("BYPASS"));
+    parts.extensions.insert(super::UpstreamLatency(latency));
+    let body = idle_guard(body, state.settings.idle_timeout, provider.def.name.clone());
     Ok((Response::from_parts(parts, body), verdict))
+}
+
+/// Abort a streamed body when the upstream sends nothing for `idle` (D12).
+fn idle_guard(body: Body, idle: std::time::Duration, provider: String) -> Body {
+    let stream = futures_util::stream::unfold(Some(body.into_data_stream()), move |state| {
+        let provider = provider.clone();
+        async move {
+            let mut data = state?;
+            match tokio::time::timeout(idle, data.next()).await {
+                Ok(Some(item)) => Some((item, Some(data))),
+                Ok(None) => None,
+                Err(_) => {
+                    tracing::warn!(%provider, "upstream stream idle for {} s: aborting", idle.as_secs_f64());
+                    let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "upstream idle");
+                    Some((Err(axum::Error::new(e)), None))
+                }
+            }
+        }
+    });
+    Body::from_stream(stream)
 }
 
 /// Read up to `cap` bytes of `body`. Returns the whole body when it fits; otherwise

@@ -8,26 +8,34 @@
 //! 3. [`psk`] — does the admitted host prove itself with its pre-shared key (D6)?
 //! 4. [`provider`] — which provider (`X-Provider`, `X-Broker`, `DEFAULT_PROVIDER`),
 //!    and is it usable (D3)?
-//! 5. [`target`] — the upstream URL: `base_url` path + request path, and the query.
-//! 6. [`headers`] — what the upstream may see of the agent's headers (D9), plus the
+//! 5. [`path`] — the one canonical path every rule matches and the upstream receives (D7).
+//! 6. [`deny`] — deny globs, checked suspiciously, before anything may allow.
+//! 7. [`classify`] — the allow rule (or transparent defaults) that gives the route its
+//!    category, cache TTL and sensitivity (D8).
+//! 8. [`sensitive`] — sensitive routes need a host with `can_call_sensitive`.
+//! 9. [`headers`] — what the upstream may see of the agent's headers (D9), plus the
 //!    provider's default headers.
-//! 7. [`sign`] — the provider's auth module signs the request (D16, D21); a failure
-//!    is never forwarded.
-//! 8. [`forward`] — send it, stream the answer back (D10–D12), and tell the module the
-//!    upstream's verdict (D17).
+//! 10. [`sign`] — the provider's auth module signs the request (D16, D21); a failure
+//!     is never forwarded.
+//! 11. [`forward`] — send it, stream the answer back (D10–D12), and tell the module the
+//!     upstream's verdict; retry once with a fresh credential when it asks (D17).
 
+pub mod classify;
 pub mod client_ip;
+pub mod deny;
 pub mod forward;
 pub mod headers;
 pub mod host_policy;
+pub mod path;
 pub mod provider;
 pub mod psk;
+pub mod sensitive;
 pub mod sign;
-pub mod target;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -43,33 +51,65 @@ use crate::server::AppState;
 struct Trace {
     host: Option<String>,
     provider: Option<String>,
+    category: Option<String>,
 }
 
-/// Run every phase for one request.
+/// Time the upstream took to its response head; set on forwarded responses.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamLatency(pub Duration);
+
+/// A short unique id per request, for correlating log lines.
+fn request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static BOOT: OnceLock<u64> = OnceLock::new();
+    let boot = BOOT.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    });
+    format!("{boot:x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Run every phase for one request, then write its log line and metrics.
 pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Body>) -> Response {
     let started = Instant::now();
+    let id = request_id();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let mut trace = Trace::default();
     let response = match run(&state, peer, req, &mut trace).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::info!(
-                host = trace.host.as_deref().unwrap_or("-"),
-                provider = trace.provider.as_deref().unwrap_or("-"),
-                code = e.code(),
-                "refused: {e}"
-            );
+            tracing::info!(request_id = %id, host = trace.host.as_deref().unwrap_or("-"),
+                provider = trace.provider.as_deref().unwrap_or("-"), code = e.code(), "refused: {e}");
+            state.metrics.refusal(e.code());
             e.into_response()
         }
     };
+    let status = response.status().as_u16();
+    let cache = response
+        .headers()
+        .get("x-proxy-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let upstream = response.extensions().get::<UpstreamLatency>().map(|u| u.0);
+    let provider = trace.provider.as_deref().unwrap_or("-");
+    if upstream.is_some() {
+        state.metrics.request(provider, status, &cache);
+    }
     tracing::info!(
+        request_id = %id,
+        host = trace.host.as_deref().unwrap_or("-"),
+        provider,
         method = %method,
         path = %path,
-        host = trace.host.as_deref().unwrap_or("-"),
-        provider = trace.provider.as_deref().unwrap_or("-"),
-        status = response.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        status,
+        category = trace.category.as_deref().unwrap_or("-"),
+        cache = %cache,
+        upstream_ms = upstream.map(|d| d.as_secs_f64() * 1000.0),
+        total_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
     response
@@ -92,7 +132,17 @@ async fn run(
         &state.settings.default_provider,
     )?;
     trace.provider = Some(provider.def.name.clone());
-    let target = target::build(provider.def, &parts.uri)?;
+    let target = path::build(provider.def, &parts.uri)?;
+    deny::check(provider.def, &target)?;
+    let route = classify::classify(provider.def, &parts.method, &target)?;
+    trace.category = Some(route.category.clone());
+    sensitive::gate(
+        policy,
+        &route,
+        &provider.def.name,
+        parts.method.as_str(),
+        &target.canonical,
+    )?;
     let headers = headers::outbound(&parts.headers, &provider.def.default_headers);
     let empty_body = http_body::Body::is_end_stream(&body);
     let signed = sign::sign(

@@ -1,4 +1,4 @@
-//! Phase 7 — the provider's auth module signs the request (`sign-request`). Runs last
+//! Phase 10 — the provider's auth module signs the request (`sign-request`). Runs last
 //! before forwarding so it signs exactly what is sent. The body is buffered (capped,
 //! D11) only when the module declared it needs it. Any failure — module error, trap,
 //! deadline, a result that changes the target — is `502 PROXY_AUTH_ERROR`: a request
@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
 use http_body_util::{BodyExt, Limited};
 
+use super::path::Target;
 use super::provider::Selected;
-use super::target::Target;
 use crate::error::ProxyError;
 use crate::runtime::{BodyAccess, Header, Request};
 use crate::server::AppState;
@@ -78,6 +78,7 @@ pub async fn sign(
             .collect(),
         body: buffered.as_ref().map(|b| b.to_vec()),
     };
+    let started = std::time::Instant::now();
     let signed = state
         .runtime
         .sign(&signer.module, signer.env.clone(), &signer.config, &signer.info, request)
@@ -87,6 +88,7 @@ pub async fn sign(
             tracing::warn!(provider = %provider.def.name, module = %signer.module.name, "signing failed: {msg}");
             ProxyError::Auth(msg)
         })?;
+    state.metrics.signer(&provider.def.name, started.elapsed());
     let (request, body, buffered) = match (signed.body.clone(), buffered) {
         (Some(replacement), _) => {
             let b = Bytes::from(replacement);

@@ -95,8 +95,7 @@ impl secrets::Host for HostState {
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
         self.check_key(&key)?;
-        let r = self.env.state.get(&key).await.map_err(|e| e.to_string());
-        r
+        self.env.state.get(&key).await.map_err(|e| e.to_string())
     }
 
     async fn set(
@@ -106,13 +105,11 @@ impl kv::Host for HostState {
         ttl_ms: Option<u64>,
     ) -> Result<(), String> {
         self.check_key(&key)?;
-        let r = self
-            .env
+        self.env
             .state
             .set(&key, value, ttl_ms.map(Duration::from_millis))
             .await
-            .map_err(|e| e.to_string());
-        r
+            .map_err(|e| e.to_string())
     }
 
     async fn set_if_absent(
@@ -122,19 +119,16 @@ impl kv::Host for HostState {
         ttl_ms: Option<u64>,
     ) -> Result<bool, String> {
         self.check_key(&key)?;
-        let r = self
-            .env
+        self.env
             .state
             .set_if_absent(&key, value, ttl_ms.map(Duration::from_millis))
             .await
-            .map_err(|e| e.to_string());
-        r
+            .map_err(|e| e.to_string())
     }
 
     async fn delete(&mut self, key: String) -> Result<(), String> {
         self.check_key(&key)?;
-        let r = self.env.state.delete(&key).await.map_err(|e| e.to_string());
-        r
+        self.env.state.delete(&key).await.map_err(|e| e.to_string())
     }
 }
 

@@ -1,0 +1,334 @@
+//! Request-framing guard. hyper resolves a request carrying both `Content-Length` and
+//! `Transfer-Encoding` the way RFC 9112 §6.3 allows (Transfer-Encoding wins, the length
+//! is dropped, the connection closed afterwards), which leaves the pipeline unable to
+//! see that the request was ambiguous. Outpost refuses such requests outright: this
+//! wrapper watches the HTTP/1 request heads as hyper reads them off the socket —
+//! skipping bodies by their framing — and records, per request, whether its head was
+//! ambiguous. The service consults that record before routing.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Longest head the scanner buffers; longer heads are refused by hyper anyway.
+const MAX_SCAN: usize = 96 * 1024;
+
+/// Per-connection verdicts, one per request head, in order.
+#[derive(Debug, Default, Clone)]
+pub struct Verdicts(Arc<Mutex<VecDeque<bool>>>);
+
+impl Verdicts {
+    fn push(&self, ambiguous: bool) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(ambiguous);
+    }
+
+    /// Whether the next request on this connection had an ambiguous head. HTTP/1
+    /// requests are dispatched in the order their heads are read, so the front of the
+    /// queue belongs to the request being dispatched.
+    pub fn next_is_ambiguous(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+            .unwrap_or(false)
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    /// Collecting a request head.
+    Head(Vec<u8>),
+    /// Skipping a fixed-length body.
+    Body(u64),
+    /// Chunked body: collecting a chunk-size line.
+    ChunkSize(Vec<u8>),
+    /// Chunked body: skipping chunk data (+ its CRLF).
+    ChunkData(u64),
+    /// Chunked body: collecting trailer lines until an empty one.
+    Trailers(Vec<u8>),
+    /// No more scanning (HTTP/2, unparsable input, or the connection will close).
+    Off,
+}
+
+/// The byte-level scanner (pure; unit-tested).
+#[derive(Debug)]
+pub struct Scanner {
+    state: State,
+    verdicts: Verdicts,
+    first: bool,
+}
+
+impl Scanner {
+    /// A scanner recording into `verdicts`.
+    pub fn new(verdicts: Verdicts) -> Self {
+        Self {
+            state: State::Head(Vec::new()),
+            verdicts,
+            first: true,
+        }
+    }
+
+    /// Feed bytes read from the client.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        if self.first && !data.is_empty() {
+            self.first = false;
+            if data.starts_with(b"PRI ") {
+                self.state = State::Off; // HTTP/2 prior knowledge: framing is binary.
+            }
+        }
+        while !data.is_empty() {
+            match &mut self.state {
+                State::Off => return,
+                State::Head(buf) => {
+                    if buf.is_empty() {
+                        // Robustness: empty lines before a request line are allowed.
+                        let skip = data
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
+                        data = &data[skip..];
+                        if data.is_empty() {
+                            return;
+                        }
+                    }
+                    let before = buf.len();
+                    buf.extend_from_slice(data);
+                    match find(buf, b"\r\n\r\n") {
+                        Some(end) => {
+                            let used = end + 4 - before;
+                            let head = std::mem::take(buf);
+                            data = &data[used..];
+                            self.state = self.after_head(&head[..end]);
+                        }
+                        None => {
+                            if buf.len() > MAX_SCAN {
+                                self.state = State::Off;
+                            }
+                            return;
+                        }
+                    }
+                }
+                State::Body(left) => {
+                    let n = (*left).min(data.len() as u64);
+                    *left -= n;
+                    data = &data[usize::try_from(n).unwrap_or(data.len())..];
+                    if *left == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                }
+                State::ChunkSize(line) => match data.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        line.extend_from_slice(&data[..i]);
+                        data = &data[i + 1..];
+                        let text = String::from_utf8_lossy(line);
+                        let size = text.split(';').next().unwrap_or("").trim();
+                        self.state = match u64::from_str_radix(size, 16) {
+                            Ok(0) => State::Trailers(Vec::new()),
+                            Ok(n) => State::ChunkData(n.saturating_add(2)),
+                            Err(_) => State::Off,
+                        };
+                    }
+                    None => {
+                        line.extend_from_slice(data);
+                        if line.len() > 1024 {
+                            self.state = State::Off;
+                        }
+                        return;
+                    }
+                },
+                State::ChunkData(left) => {
+                    let n = (*left).min(data.len() as u64);
+                    *left -= n;
+                    data = &data[usize::try_from(n).unwrap_or(data.len())..];
+                    if *left == 0 {
+                        self.state = State::ChunkSize(Vec::new());
+                    }
+                }
+                State::Trailers(buf) => match data.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        buf.extend_from_slice(&data[..i]);
+                        data = &data[i + 1..];
+                        let empty = buf.iter().all(|b| *b == b'\r');
+                        buf.clear();
+                        if empty {
+                            self.state = State::Head(Vec::new());
+                        }
+                    }
+                    None => {
+                        buf.extend_from_slice(data);
+                        if buf.len() > MAX_SCAN {
+                            self.state = State::Off;
+                        }
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn after_head(&self, head: &[u8]) -> State {
+        let text = String::from_utf8_lossy(head);
+        let mut lengths = Vec::new();
+        let mut te: Option<String> = None;
+        for line in text.split("\r\n").skip(1) {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let name = name.trim().to_ascii_lowercase();
+            if name == "content-length" {
+                lengths.push(value.trim().to_string());
+            } else if name == "transfer-encoding" {
+                let v = value.trim().to_ascii_lowercase();
+                te = Some(match te {
+                    Some(prev) => format!("{prev}, {v}"),
+                    None => v,
+                });
+            }
+        }
+        let ambiguous = !lengths.is_empty() && te.is_some();
+        self.verdicts.push(ambiguous);
+        if ambiguous {
+            // hyper closes the connection after this request: nothing more to frame.
+            return State::Off;
+        }
+        if let Some(te) = te {
+            return if te
+                .rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim() == "chunked")
+            {
+                State::ChunkSize(Vec::new())
+            } else {
+                State::Off // hyper refuses this request itself
+            };
+        }
+        match lengths.first().map(|l| l.parse::<u64>()) {
+            None => State::Head(Vec::new()),
+            Some(Ok(0)) => State::Head(Vec::new()),
+            Some(Ok(n)) => State::Body(n),
+            Some(Err(_)) => State::Off, // hyper refuses an invalid length itself
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A client connection with its request heads watched.
+#[derive(Debug)]
+pub struct Watched {
+    inner: TcpStream,
+    scanner: Scanner,
+}
+
+impl Watched {
+    /// Wrap `inner`; verdicts go to `verdicts`.
+    pub fn new(inner: TcpStream, verdicts: Verdicts) -> Self {
+        Self {
+            inner,
+            scanner: Scanner::new(verdicts),
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &r {
+            this.scanner.feed(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> Vec<bool> {
+        let v = Verdicts::default();
+        let mut s = Scanner::new(v.clone());
+        for c in chunks {
+            s.feed(c);
+        }
+        let mut out = Vec::new();
+        while let Some(x) = v.0.lock().unwrap().pop_front() {
+            out.push(x);
+        }
+        out
+    }
+
+    #[test]
+    fn flags_cl_with_te() {
+        let r = scan(&[b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /s HTTP/1.1\r\n\r\n"]);
+        assert_eq!(r, [true]);
+        let r =
+            scan(&[b"POST /a HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n"]);
+        assert_eq!(r, [true]);
+    }
+
+    #[test]
+    fn follows_keep_alive_framing_across_reads() {
+        let all: &[u8] = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello\r\n\r\nPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nT: 1\r\n\r\nGET /c HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(scan(&[all]), [false, false, true]);
+        // Same bytes, one at a time.
+        let bytes: Vec<&[u8]> = all.chunks(1).collect();
+        assert_eq!(scan(&bytes), [false, false, true]);
+        // A body that looks like a head is not mistaken for one.
+        let r = scan(&[b"POST /a HTTP/1.1\r\nContent-Length: 46\r\n\r\nX HTTP/1.1\r\nContent-Length: 1\r\nTE: chunked\r\n\r\nGET /b HTTP/1.1\r\n\r\n"]);
+        assert_eq!(r, [false, false]);
+    }
+
+    #[test]
+    fn http2_is_left_alone() {
+        assert_eq!(
+            scan(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]),
+            Vec::<bool>::new()
+        );
+    }
+}

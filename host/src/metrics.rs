@@ -1,0 +1,106 @@
+//! Prometheus metrics (`GET /metrics`): requests by provider, status and cache state;
+//! upstream and signer latency; refusals by reason. Labels never carry secrets (D18).
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric Outpost exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    refusals: IntCounterVec,
+    upstream: HistogramVec,
+    signer: HistogramVec,
+}
+
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    /// Register every metric in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "outpost_requests_total",
+                "Proxied requests by provider, status and cache state",
+            ),
+            &["provider", "status", "cache"],
+        )?;
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "outpost_refusals_total",
+                "Requests refused by the proxy, by reason (error code)",
+            ),
+            &["reason"],
+        )?;
+        let upstream = HistogramVec::new(
+            HistogramOpts::new(
+                "outpost_upstream_seconds",
+                "Time to the upstream's response head",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["provider"],
+        )?;
+        let signer = HistogramVec::new(
+            HistogramOpts::new(
+                "outpost_signer_seconds",
+                "Auth module sign-request latency, instantiation included",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["provider"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(refusals.clone()))?;
+        registry.register(Box::new(upstream.clone()))?;
+        registry.register(Box::new(signer.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            refusals,
+            upstream,
+            signer,
+        })
+    }
+
+    /// Count a finished request.
+    pub fn request(&self, provider: &str, status: u16, cache: &str) {
+        self.requests
+            .with_label_values(&[provider, &status.to_string(), cache])
+            .inc();
+    }
+
+    /// Count a refusal.
+    pub fn refusal(&self, code: &str) {
+        self.refusals.with_label_values(&[code]).inc();
+    }
+
+    /// Record upstream latency.
+    pub fn upstream(&self, provider: &str, d: Duration) {
+        self.upstream
+            .with_label_values(&[provider])
+            .observe(d.as_secs_f64());
+    }
+
+    /// Record signer latency.
+    pub fn signer(&self, provider: &str, d: Duration) {
+        self.signer
+            .with_label_values(&[provider])
+            .observe(d.as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!("cannot encode metrics: {e}");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}

@@ -1,0 +1,190 @@
+//! What a provider lets through: deny globs (checked suspiciously, D7), allow rules or
+//! transparent mode (§3.3), and which methods are writes (D8).
+
+use super::glob::Glob;
+use super::path::fully_decoded;
+use crate::config::provider::{AllowRule, Forwarding, Mode};
+
+/// What a matched request is, for the later phases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Rate-limit category.
+    pub category: String,
+    /// Response cache TTL, seconds.
+    pub cache_ttl: u64,
+    /// Needs `can_call_sensitive`.
+    pub sensitive: bool,
+}
+
+#[derive(Debug, Clone)]
+struct AllowEntry {
+    method: String,
+    glob: Glob,
+    route: Route,
+}
+
+/// A provider's compiled routing policy.
+#[derive(Debug, Clone)]
+pub struct RoutePolicy {
+    mode: Mode,
+    allow: Vec<AllowEntry>,
+    deny: Vec<Glob>,
+    treat_writes_as_sensitive: bool,
+    default_cache_ttl: u64,
+    default_category: String,
+}
+
+/// GET, HEAD and OPTIONS are reads; every other method, including unknown tokens, is a
+/// write (D8).
+pub fn is_write(method: &str) -> bool {
+    !matches!(method, "GET" | "HEAD" | "OPTIONS")
+}
+
+impl RoutePolicy {
+    /// Compile; errors carry the key path of the offending rule.
+    pub fn compile(fwd: &Forwarding, allow: &[AllowRule]) -> Result<Self, (String, String)> {
+        let mut deny = Vec::new();
+        for (i, pattern) in fwd.deny.iter().enumerate() {
+            deny.push(Glob::new(pattern, true).map_err(|e| (format!("forwarding.deny[{i}]"), e))?);
+        }
+        let mut entries = Vec::new();
+        for (i, rule) in allow.iter().enumerate() {
+            let glob = Glob::new(&rule.pattern, false)
+                .map_err(|e| (format!("forwarding.allow[{i}]"), e))?;
+            entries.push(AllowEntry {
+                method: rule.method.clone(),
+                glob,
+                route: Route {
+                    category: rule.category.clone(),
+                    cache_ttl: rule.cache_ttl,
+                    sensitive: rule.sensitive,
+                },
+            });
+        }
+        Ok(Self {
+            mode: fwd.mode,
+            allow: entries,
+            deny,
+            treat_writes_as_sensitive: fwd.treat_writes_as_sensitive,
+            default_cache_ttl: fwd.default_cache_ttl,
+            default_category: fwd.default_category.clone(),
+        })
+    }
+
+    /// The deny pattern that matches `canonical`, if any: a deny glob matches the
+    /// canonical path or its fully decoded form, case-insensitively, with or without one
+    /// trailing slash.
+    pub fn denied_by(&self, canonical: &str) -> Option<&str> {
+        if self.deny.is_empty() {
+            return None;
+        }
+        let decoded = fully_decoded(canonical);
+        let mut candidates = Vec::with_capacity(4);
+        for p in [canonical, decoded.as_str()] {
+            candidates.push(p.to_string());
+            match p.strip_suffix('/') {
+                Some(stripped) if !stripped.is_empty() => candidates.push(stripped.to_string()),
+                Some(_) => {}
+                None => candidates.push(format!("{p}/")),
+            }
+        }
+        self.deny
+            .iter()
+            .find(|g| candidates.iter().any(|c| g.matches(c)))
+            .map(Glob::source)
+    }
+
+    /// The route for `method` (upper-case) on `canonical`, or `None` (allowlist miss).
+    pub fn classify(&self, method: &str, canonical: &str) -> Option<Route> {
+        match self.mode {
+            Mode::Allowlist => self
+                .allow
+                .iter()
+                .find(|e| (e.method == "*" || e.method == method) && e.glob.matches(canonical))
+                .map(|e| e.route.clone()),
+            Mode::Transparent => {
+                let write = is_write(method);
+                Some(Route {
+                    category: self.default_category.clone(),
+                    cache_ttl: if write { 0 } else { self.default_cache_ttl },
+                    sensitive: write && self.treat_writes_as_sensitive,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::provider::Forwarding;
+
+    fn rule(method: &str, pattern: &str, sensitive: bool) -> AllowRule {
+        AllowRule {
+            method: method.into(),
+            pattern: pattern.into(),
+            category: "c".into(),
+            cache_ttl: 5,
+            sensitive,
+        }
+    }
+
+    #[test]
+    fn deny_is_suspicious() {
+        let fwd = Forwarding {
+            deny: vec!["/user/keys".into(), "/admin/**".into()],
+            ..Forwarding::default()
+        };
+        let p = RoutePolicy::compile(&fwd, &[]).unwrap();
+        for path in [
+            "/user/keys",
+            "/USER/keys",
+            "/user/keys/",
+            "/user%2Fkeys",
+            "/user%2fkeys/",
+            "/admin/x",
+            "/Admin/x/y",
+        ] {
+            let canon = crate::policy::path::canonicalize(path).unwrap();
+            assert!(p.denied_by(&canon).is_some(), "{path}");
+        }
+        for path in ["/user/keysx", "/user", "/admin"] {
+            assert!(p.denied_by(path).is_none(), "{path}");
+        }
+    }
+
+    #[test]
+    fn allowlist_first_match_and_methods() {
+        let fwd = Forwarding {
+            mode: Mode::Allowlist,
+            ..Forwarding::default()
+        };
+        let rules = [
+            rule("GET", "/v1/orders/*", false),
+            rule("*", "/v1/orders/**", true),
+        ];
+        let p = RoutePolicy::compile(&fwd, &rules).unwrap();
+        assert!(!p.classify("GET", "/v1/orders/1").unwrap().sensitive);
+        assert!(p.classify("POST", "/v1/orders/1").unwrap().sensitive);
+        assert!(p.classify("GET", "/v1/other").is_none());
+    }
+
+    #[test]
+    fn transparent_writes_are_sensitive_including_unknown_methods() {
+        let fwd = Forwarding {
+            default_cache_ttl: 7,
+            ..Forwarding::default()
+        };
+        let p = RoutePolicy::compile(&fwd, &[]).unwrap();
+        for m in ["POST", "PUT", "DELETE", "PATCH", "PURGE", "MERGE"] {
+            let r = p.classify(m, "/x").unwrap();
+            assert!(r.sensitive, "{m}");
+            assert_eq!(r.cache_ttl, 0);
+        }
+        for m in ["GET", "HEAD", "OPTIONS"] {
+            let r = p.classify(m, "/x").unwrap();
+            assert!(!r.sensitive, "{m}");
+            assert_eq!(r.cache_ttl, 7);
+        }
+    }
+}
