@@ -216,6 +216,21 @@ impl Config {
         self
     }
 
+    /// Every environment value that is not one of Outpost's own settings: credentials
+    /// and PSKs named by the configuration. (Very short values are ignored: they would
+    /// match ordinary log text.)
+    pub fn secret_values(&self) -> Vec<String> {
+        self.env
+            .iter()
+            .filter(|(k, v)| {
+                !outpost::config::settings::VARIABLES.contains(&k.as_str())
+                    && k.as_str() != "OUTPOST_LOG"
+                    && v.len() >= 4
+            })
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     /// The `outpost` command with this configuration and a clean environment.
     pub fn command(&self, sub: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
@@ -236,6 +251,8 @@ impl Config {
 /// A running `outpost serve`.
 pub struct Outpost {
     child: Child,
+    /// Values that must never appear in the logs (checked when the process is dropped).
+    secrets: Vec<String>,
     pub addr: SocketAddr,
     logs: Arc<Mutex<String>>,
     pub startup: Duration,
@@ -243,7 +260,9 @@ pub struct Outpost {
 
 impl Outpost {
     pub fn start(config: &Config) -> Self {
-        Self::start_cmd(config.command("serve"))
+        let mut o = Self::start_cmd(config.command("serve"));
+        o.secrets = config.secret_values();
+        o
     }
 
     pub fn start_cmd(mut cmd: Command) -> Self {
@@ -286,6 +305,7 @@ impl Outpost {
         };
         Outpost {
             child,
+            secrets: Vec::new(),
             addr,
             logs,
             startup: started.elapsed(),
@@ -314,6 +334,17 @@ impl Drop for Outpost {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Suite-wide guarantee (D18): no secret value ever reaches a log line.
+        if !std::thread::panicking() {
+            std::thread::sleep(Duration::from_millis(50));
+            let logs = self.logs();
+            for s in &self.secrets {
+                assert!(
+                    !logs.contains(s.as_str()),
+                    "secret value {s:?} reached the logs:\n{logs}"
+                );
+            }
+        }
     }
 }
 
