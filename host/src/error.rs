@@ -73,6 +73,25 @@ pub enum ProxyError {
     /// The upstream did not answer in time (D12).
     #[error("Upstream did not respond within {} s", .0.as_secs_f64())]
     UpstreamTimeout(Duration),
+    /// Local rate limit (or an active upstream cooldown) outlasted the queue timeout.
+    #[error("Rate limit exceeded for category '{category}'")]
+    RateLimited {
+        /// Route category.
+        category: String,
+        /// Seconds until a retry may succeed.
+        retry_after: f64,
+    },
+    /// The upstream answered 429 (§6); its body is carried in metadata.
+    #[error("Upstream returned 429")]
+    UpstreamRateLimited {
+        /// The upstream's body (parsed JSON, or `{"raw": text}`).
+        upstream_body: Value,
+        /// The upstream's `Retry-After`, in seconds.
+        retry_after: f64,
+    },
+    /// The state store (Redis) cannot be reached; requests that need it fail closed (D24).
+    #[error("State store unavailable: {0}")]
+    StateUnavailable(String),
     /// A body Outpost had to buffer was larger than allowed (D11).
     #[error("Request body exceeds the limit of {0} bytes")]
     BodyTooLarge(usize),
@@ -95,6 +114,9 @@ impl ProxyError {
             Self::Upstream(_) => "PROXY_UPSTREAM_ERROR",
             Self::UpstreamTimeout(_) => "PROXY_UPSTREAM_TIMEOUT",
             Self::BodyTooLarge(_) => "PROXY_BODY_TOO_LARGE",
+            Self::RateLimited { .. } => "PROXY_RATE_LIMITED",
+            Self::UpstreamRateLimited { .. } => "PROXY_UPSTREAM_RATE_LIMITED",
+            Self::StateUnavailable(_) => "PROXY_STATE_UNAVAILABLE",
         }
     }
 
@@ -113,6 +135,10 @@ impl ProxyError {
             Self::Auth(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited { .. } | Self::UpstreamRateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::StateUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -121,9 +147,30 @@ impl ProxyError {
         match self {
             Self::UnknownProvider { available, .. } => json!({ "available": available }),
             Self::ProviderConfig { provider, .. } => json!({ "provider": provider }),
+            Self::RateLimited { retry_after, .. } => json!({ "retry_after": round3(*retry_after) }),
+            Self::UpstreamRateLimited {
+                upstream_body,
+                retry_after,
+            } => {
+                json!({ "upstream_body": upstream_body, "retry_after": round3(*retry_after) })
+            }
             _ => Value::Null,
         }
     }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// `Retry-After` header value: whole seconds, at least 1.
+fn retry_after_header(seconds: f64) -> HeaderValue {
+    let s = if seconds.is_finite() {
+        seconds.floor().max(1.0)
+    } else {
+        1.0
+    };
+    HeaderValue::from_str(&format!("{s:.0}")).unwrap_or(HeaderValue::from_static("1"))
 }
 
 #[derive(Serialize)]
@@ -169,6 +216,11 @@ impl IntoResponse for ProxyError {
         if matches!(self, Self::BadRequest(_)) {
             // The rest of the connection cannot be trusted to be framed as the agent meant.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Self::RateLimited { retry_after, .. }
+        | Self::UpstreamRateLimited { retry_after, .. } = &self
+        {
+            headers.insert(header::RETRY_AFTER, retry_after_header(*retry_after));
         }
         if matches!(self, Self::AuthRequired { .. }) {
             headers.insert(

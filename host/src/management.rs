@@ -54,12 +54,24 @@ pub async fn readyz(
                 .map(|reason| json!({"name": name, "reason": reason}))
         })
         .collect();
-    axum::Json(json!({
-        "status": "ready",
+    let store = match state.state.ping().await {
+        Ok(()) => json!({"backend": state.state.kind(), "reachable": true}),
+        Err(e) => {
+            json!({"backend": state.state.kind(), "reachable": false, "error": e.to_string()})
+        }
+    };
+    let ready = store["reachable"] == true;
+    let body = json!({
+        "status": if ready { "ready" } else { "not ready" },
         "providers": {"usable": state.providers.usable(), "broken": broken},
-        "state": "embedded",
-    }))
-    .into_response()
+        "state": store,
+    });
+    let status = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// `GET /providers`: every provider in load order, with its base URL and status.

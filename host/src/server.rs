@@ -84,7 +84,14 @@ pub async fn build(
         settings.cache_dir.clone(),
     )?);
     let client = client::build(settings.connect_timeout);
-    let state = Arc::new(StateStore::memory());
+    let state = Arc::new(match &settings.redis_url {
+        None => StateStore::memory(),
+        Some(url) => StateStore::Redis(
+            crate::state::RedisStore::connect(url)
+                .await
+                .map_err(|e| ConfigError::new("environment", "REDIS_URL", e.to_string()))?,
+        ),
+    });
     let outcome = providers::load(&LoadContext {
         settings: &settings,
         env,

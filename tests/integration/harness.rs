@@ -366,3 +366,109 @@ pub fn envelope(body: &str) -> (String, String, serde_json::Value) {
         v["error"]["metadata"].clone(),
     )
 }
+
+/// A real `redis-server` on a free loopback port, with persistence off; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = RedisServer {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.restart();
+        r
+    }
+
+    /// (Re)start on the same port.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for the Redis tests (.ci/run installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kill it (state is lost).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Which state backend a test runs against.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Embedded,
+    Redis,
+}
+
+impl Backend {
+    /// Configure `cfg` for this backend; keep the returned server alive for the test.
+    pub fn apply(self, cfg: Config) -> (Config, Option<RedisServer>) {
+        match self {
+            Backend::Embedded => (cfg, None),
+            Backend::Redis => {
+                let r = RedisServer::start();
+                (cfg.env("REDIS_URL", &r.url()), Some(r))
+            }
+        }
+    }
+}
+
+/// Run an async test case once per backend: `both!(name => case_fn);`
+#[macro_export]
+macro_rules! both {
+    ($name:ident => $case:path) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn embedded() {
+                $case($crate::harness::Backend::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn redis() {
+                $case($crate::harness::Backend::Redis).await
+            }
+        }
+    };
+}

@@ -8,3 +8,4 @@ mod check;
 mod foundation;
 mod pipeline;
 mod plugins;
+mod state;

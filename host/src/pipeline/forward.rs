@@ -1,4 +1,4 @@
-//! Phase 11 — send the signed request and stream the answer back. Redirects are not
+//! Phase 12 — send the signed request and stream the answer back. Redirects are not
 //! followed (D10); bodies and `Content-Encoding` pass through untouched (D11); the
 //! upstream must answer within the first-byte timeout (D12). Module-injected header
 //! values are marked sensitive so no debug output can print them (D18). Afterwards the
@@ -28,6 +28,7 @@ use crate::server::AppState;
 pub async fn forward(
     state: &AppState,
     provider: &Selected<'_>,
+    category: &str,
     signed: Signed,
 ) -> Result<(Response, Verdict), ProxyError> {
     let Signed {
@@ -87,6 +88,9 @@ pub async fn forward(
     state.metrics.upstream(&provider.def.name, latency);
 
     let (mut parts, incoming) = response.into_parts();
+    if parts.status == http::StatusCode::TOO_MANY_REQUESTS {
+        return Err(upstream_429(state, provider, category, &parts, incoming).await);
+    }
     let hook = provider.signer.info.response_hook;
     let status = parts.status.as_u16();
     let (verdict, body) = match hook {
@@ -131,6 +135,48 @@ pub async fn forward(
     parts.extensions.insert(super::UpstreamLatency(latency));
     let body = idle_guard(body, state.settings.idle_timeout, provider.def.name.clone());
     Ok((Response::from_parts(parts, body), verdict))
+}
+
+/// §6: an upstream 429 starts the category's cooldown and becomes
+/// `429 PROXY_UPSTREAM_RATE_LIMITED` carrying the upstream's body.
+async fn upstream_429(
+    state: &AppState,
+    provider: &Selected<'_>,
+    category: &str,
+    parts: &http::response::Parts,
+    body: hyper::body::Incoming,
+) -> ProxyError {
+    let retry_after = super::rate_limit::parse_retry_after(
+        parts
+            .headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    if let Err(e) =
+        super::rate_limit::start_cooldown(&state.state, &provider.def.name, category, retry_after)
+            .await
+    {
+        tracing::warn!(provider = %provider.def.name, "cannot record the upstream cooldown: {e}");
+    }
+    let (bytes, _) = peek(body, 64 * 1024).await;
+    let bytes = bytes.unwrap_or_default();
+    let is_json = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.to_ascii_lowercase().contains("application/json"));
+    let upstream_body = is_json
+        .then(|| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .flatten()
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&bytes);
+            serde_json::json!({ "raw": text.chars().take(1024).collect::<String>() })
+        });
+    tracing::info!(provider = %provider.def.name, category, retry_after, "upstream answered 429; cooling down");
+    ProxyError::UpstreamRateLimited {
+        upstream_body,
+        retry_after,
+    }
 }
 
 /// Abort a streamed body when the upstream sends nothing for `idle` (D12).

@@ -1,4 +1,4 @@
-//! Phase 9 — what the upstream may see of the agent's headers (D9). Hop-by-hop headers
+//! Phase 10 — what the upstream may see of the agent's headers (D9). Hop-by-hop headers
 //! (and any named in `Connection`), `Host`, routing and forwarding headers, the PSK and
 //! the agent's own `Authorization` are dropped; then the provider's `default_headers`
 //! replace same-named agent headers case-insensitively. It runs before signing so the

@@ -13,12 +13,14 @@
 //! 7. [`classify`] — the allow rule (or transparent defaults) that gives the route its
 //!    category, cache TTL and sensitivity (D8).
 //! 8. [`sensitive`] — sensitive routes need a host with `can_call_sensitive`.
-//! 9. [`headers`] — what the upstream may see of the agent's headers (D9), plus the
-//!    provider's default headers.
-//! 10. [`sign`] — the provider's auth module signs the request (D16, D21); a failure
+//! 9. [`rate_limit`] — upstream cooldowns and the category's token buckets (§5, §6, D15).
+//! 10. [`headers`] — what the upstream may see of the agent's headers (D9), plus the
+//!     provider's default headers.
+//! 11. [`sign`] — the provider's auth module signs the request (D16, D21); a failure
 //!     is never forwarded.
-//! 11. [`forward`] — send it, stream the answer back (D10–D12), and tell the module the
-//!     upstream's verdict; retry once with a fresh credential when it asks (D17).
+//! 12. [`forward`] — send it, stream the answer back (D10–D12), turn an upstream 429 into
+//!     a cooldown (§6), tell the module the upstream's verdict and retry once with a fresh
+//!     credential when it asks (D17).
 
 pub mod classify;
 pub mod client_ip;
@@ -29,6 +31,7 @@ pub mod host_policy;
 pub mod path;
 pub mod provider;
 pub mod psk;
+pub mod rate_limit;
 pub mod sensitive;
 pub mod sign;
 
@@ -143,6 +146,13 @@ async fn run(
         parts.method.as_str(),
         &target.canonical,
     )?;
+    rate_limit::acquire(
+        &state.state,
+        provider.def,
+        &route.category,
+        state.settings.rate_limit_queue_timeout,
+    )
+    .await?;
     let headers = headers::outbound(&parts.headers, &provider.def.default_headers);
     let empty_body = http_body::Body::is_end_stream(&body);
     let signed = sign::sign(
@@ -159,7 +169,7 @@ async fn run(
         .buffered
         .clone()
         .or_else(|| empty_body.then(Bytes::new));
-    let (response, verdict) = forward::forward(state, &provider, signed).await?;
+    let (response, verdict) = forward::forward(state, &provider, &route.category, signed).await?;
     match (verdict, replay) {
         // D17: the module dropped a rejected credential and can mint a fresh one: retry once.
         (Verdict::Retry, Some(body)) => {
@@ -173,7 +183,9 @@ async fn run(
                 Body::from(body),
             )
             .await?;
-            Ok(forward::forward(state, &provider, signed).await?.0)
+            Ok(forward::forward(state, &provider, &route.category, signed)
+                .await?
+                .0)
         }
         _ => Ok(response),
     }

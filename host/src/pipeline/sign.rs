@@ -1,4 +1,4 @@
-//! Phase 10 — the provider's auth module signs the request (`sign-request`). Runs last
+//! Phase 11 — the provider's auth module signs the request (`sign-request`). Runs last
 //! before forwarding so it signs exactly what is sent. The body is buffered (capped,
 //! D11) only when the module declared it needs it. Any failure — module error, trap,
 //! deadline, a result that changes the target — is `502 PROXY_AUTH_ERROR`: a request
@@ -86,7 +86,10 @@ pub async fn sign(
         .map_err(|e| {
             let msg = signer.env.grants.redact(&e.to_string());
             tracing::warn!(provider = %provider.def.name, module = %signer.module.name, "signing failed: {msg}");
-            ProxyError::Auth(msg)
+            match e {
+                crate::runtime::CallError::StateUnavailable(_) => ProxyError::StateUnavailable(msg),
+                _ => ProxyError::Auth(msg),
+            }
         })?;
     state.metrics.signer(&provider.def.name, started.elapsed());
     let (request, body, buffered) = match (signed.body.clone(), buffered) {

@@ -46,6 +46,9 @@ pub struct HostState {
     pub(super) io_time: Duration,
     /// When the current host call began, if the guest is inside one.
     pub(super) in_host_since: Option<Instant>,
+    /// The last state-store failure seen by a `kv` call, if any: a module failing after
+    /// one is reported as "state unavailable" rather than as a module error (D24).
+    pub(super) state_failure: Option<String>,
     /// When the whole call must end.
     pub(super) wall_deadline: Instant,
 }
@@ -95,7 +98,11 @@ impl secrets::Host for HostState {
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
         self.check_key(&key)?;
-        self.env.state.get(&key).await.map_err(|e| e.to_string())
+        self.env
+            .state
+            .get(&key)
+            .await
+            .map_err(|e| self.note_state_failure(e))
     }
 
     async fn set(
@@ -109,7 +116,7 @@ impl kv::Host for HostState {
             .state
             .set(&key, value, ttl_ms.map(Duration::from_millis))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| self.note_state_failure(e))
     }
 
     async fn set_if_absent(
@@ -123,16 +130,26 @@ impl kv::Host for HostState {
             .state
             .set_if_absent(&key, value, ttl_ms.map(Duration::from_millis))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| self.note_state_failure(e))
     }
 
     async fn delete(&mut self, key: String) -> Result<(), String> {
         self.check_key(&key)?;
-        self.env.state.delete(&key).await.map_err(|e| e.to_string())
+        self.env
+            .state
+            .delete(&key)
+            .await
+            .map_err(|e| self.note_state_failure(e))
     }
 }
 
 impl HostState {
+    fn note_state_failure(&mut self, e: crate::state::StateError) -> String {
+        let msg = e.to_string();
+        self.state_failure = Some(msg.clone());
+        msg
+    }
+
     fn check_key(&self, key: &str) -> Result<(), String> {
         if self.env.grants.kv_allowed(key) {
             Ok(())

@@ -118,6 +118,9 @@ pub enum CallError {
     /// The host refused the module's result.
     #[error("{0}")]
     Refused(String),
+    /// The module failed after the state store did (D24).
+    #[error("{0}")]
+    StateUnavailable(String),
 }
 
 fn module_error_text(e: &ModuleError) -> &str {
@@ -353,6 +356,7 @@ impl Runtime {
             started: now,
             io_time: Duration::ZERO,
             in_host_since: None,
+            state_failure: None,
             wall_deadline: now + self.limits.wall,
         };
         let mut store = Store::new(&self.engine, data);
@@ -462,11 +466,15 @@ impl Runtime {
         store: &Store<HostState>,
         outcome: Result<wasmtime::Result<Result<T, ModuleError>>, tokio::time::error::Elapsed>,
     ) -> Result<T, CallError> {
-        match outcome {
+        let result = match outcome {
             Err(_) => Err(CallError::WallDeadline(self.limits.wall)),
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(e))) => Err(CallError::Module(e)),
             Ok(Err(e)) => Err(self.trap(m, store, e)),
+        };
+        match (result, &store.data().state_failure) {
+            (Err(_), Some(state)) => Err(CallError::StateUnavailable(state.clone())),
+            (r, _) => r,
         }
     }
 }

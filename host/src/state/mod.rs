@@ -1,18 +1,26 @@
-//! Key-value state behind the modules' `kv` import (tokens, locks) — and, as the state
-//! issue lands, rate-limit buckets, cooldowns, cache and idempotency (D24).
-//!
-//! Embedded by default: everything lives in this process, with TTLs.
+//! State shared by requests (D24): module key-value state (tokens, locks), rate-limit
+//! buckets and cooldowns — and, next, the response cache and idempotency records.
+//! Embedded by default; with `REDIS_URL`, in Redis, shared by every replica.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+pub mod bucket;
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+pub use bucket::Take;
+pub use memory::{Caps, MemoryStore};
+pub use redis::RedisStore;
 
 /// Why a state operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StateError {
     /// The backend cannot be reached.
     #[error("state store unavailable: {0}")]
     Unavailable(String),
+    /// The backend is misconfigured.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The state store. An enum rather than a trait object: backends are a closed set and
@@ -21,6 +29,8 @@ pub enum StateError {
 pub enum StateStore {
     /// In-process.
     Memory(MemoryStore),
+    /// Redis.
+    Redis(RedisStore),
 }
 
 impl StateStore {
@@ -29,10 +39,27 @@ impl StateStore {
         Self::Memory(MemoryStore::default())
     }
 
+    /// `"embedded"` or `"redis"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "embedded",
+            Self::Redis(_) => "redis",
+        }
+    }
+
+    /// Whether the backend answers.
+    pub async fn ping(&self) -> Result<(), StateError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(r) => r.ping().await,
+        }
+    }
+
     /// The value at `key`.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         match self {
             Self::Memory(m) => Ok(m.get(key)),
+            Self::Redis(r) => r.get(key).await,
         }
     }
 
@@ -48,6 +75,7 @@ impl StateStore {
                 m.set(key, value, ttl, false);
                 Ok(())
             }
+            Self::Redis(r) => r.set(key, value, ttl, false).await.map(|_| ()),
         }
     }
 
@@ -60,6 +88,7 @@ impl StateStore {
     ) -> Result<bool, StateError> {
         match self {
             Self::Memory(m) => Ok(m.set(key, value, ttl, true)),
+            Self::Redis(r) => r.set(key, value, ttl, true).await,
         }
     }
 
@@ -70,87 +99,23 @@ impl StateStore {
                 m.delete(key);
                 Ok(())
             }
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Entry {
-    value: Vec<u8>,
-    expires: Option<Instant>,
-}
-
-impl Entry {
-    fn live(&self, now: Instant) -> bool {
-        self.expires.is_none_or(|e| e > now)
-    }
-}
-
-/// In-process key-value map with TTLs.
-#[derive(Debug, Default)]
-pub struct MemoryStore {
-    map: Mutex<HashMap<String, Entry>>,
-}
-
-impl MemoryStore {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        // A poisoned lock only means another thread panicked mid-update of a plain map;
-        // the map itself is still consistent, so keep serving.
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let now = Instant::now();
-        let mut map = self.lock();
-        match map.get(key) {
-            Some(e) if e.live(now) => Some(e.value.clone()),
-            Some(_) => {
-                map.remove(key);
-                None
-            }
-            None => None,
+            Self::Redis(r) => r.delete(key).await,
         }
     }
 
-    fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>, only_if_absent: bool) -> bool {
-        let now = Instant::now();
-        let mut map = self.lock();
-        if only_if_absent && map.get(key).is_some_and(|e| e.live(now)) {
-            return false;
+    /// Milliseconds until `key` expires (`u64::MAX` for no expiry); `None` when absent.
+    pub async fn ttl_ms(&self, key: &str) -> Result<Option<u64>, StateError> {
+        match self {
+            Self::Memory(m) => Ok(m.ttl_ms(key)),
+            Self::Redis(r) => r.ttl_ms(key).await,
         }
-        map.insert(
-            key.to_string(),
-            Entry {
-                value,
-                expires: ttl.map(|t| now + t),
-            },
-        );
-        true
     }
 
-    fn delete(&self, key: &str) {
-        self.lock().remove(key);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn ttl_and_set_if_absent() {
-        let s = StateStore::memory();
-        assert!(
-            s.set_if_absent("k", b"1".to_vec(), Some(Duration::from_millis(30)))
-                .await
-                .unwrap()
-        );
-        assert!(!s.set_if_absent("k", b"2".to_vec(), None).await.unwrap());
-        assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"1"[..]));
-        tokio::time::sleep(Duration::from_millis(40)).await;
-        assert_eq!(s.get("k").await.unwrap(), None);
-        assert!(s.set_if_absent("k", b"3".to_vec(), None).await.unwrap());
-        s.delete("k").await.unwrap();
-        assert_eq!(s.get("k").await.unwrap(), None);
+    /// Take one token from the bucket at `key`.
+    pub async fn take(&self, key: &str, capacity: u64, window_ms: u64) -> Result<Take, StateError> {
+        match self {
+            Self::Memory(m) => Ok(m.take(key, capacity, window_ms)),
+            Self::Redis(r) => r.take(key, capacity, window_ms).await,
+        }
     }
 }
