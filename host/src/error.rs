@@ -89,6 +89,12 @@ pub enum ProxyError {
         /// The upstream's `Retry-After`, in seconds.
         retry_after: f64,
     },
+    /// An `Idempotency-Key` reused for a different request (D13).
+    #[error("Idempotency-Key was already used for a different request")]
+    IdempotencyMismatch,
+    /// A duplicate while the first request with that key is still running (D13).
+    #[error("A request with this Idempotency-Key is still in progress")]
+    IdempotencyInProgress,
     /// The state store (Redis) cannot be reached; requests that need it fail closed (D24).
     #[error("State store unavailable: {0}")]
     StateUnavailable(String),
@@ -117,6 +123,8 @@ impl ProxyError {
             Self::RateLimited { .. } => "PROXY_RATE_LIMITED",
             Self::UpstreamRateLimited { .. } => "PROXY_UPSTREAM_RATE_LIMITED",
             Self::StateUnavailable(_) => "PROXY_STATE_UNAVAILABLE",
+            Self::IdempotencyMismatch => "PROXY_IDEMPOTENCY_MISMATCH",
+            Self::IdempotencyInProgress => "PROXY_IDEMPOTENCY_IN_PROGRESS",
         }
     }
 
@@ -139,6 +147,8 @@ impl ProxyError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             Self::StateUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::IdempotencyInProgress => StatusCode::CONFLICT,
         }
     }
 

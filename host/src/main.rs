@@ -91,6 +91,15 @@ struct Flags {
     /// `text` or `json` [env: OUTPOST_LOG_FORMAT]
     #[arg(long)]
     log_format: Option<String>,
+    /// Most cached responses/idempotency records kept in process [env: OUTPOST_STATE_MAX_ENTRIES]
+    #[arg(long)]
+    state_max_entries: Option<String>,
+    /// Most bytes of cached responses/idempotency records kept in process [env: OUTPOST_STATE_MAX_BYTES]
+    #[arg(long)]
+    state_max_bytes: Option<String>,
+    /// Skip rate limits, cache and idempotency while the state store is down, instead of 503 [env: OUTPOST_STATE_FAIL_OPEN]
+    #[arg(long)]
+    state_fail_open: Option<String>,
 }
 
 impl Flags {
@@ -116,6 +125,9 @@ impl Flags {
             ("OUTPOST_PLUGIN_MEMORY_MB", self.plugin_memory_mb),
             ("OUTPOST_PLUGIN_MAX_INSTANCES", self.plugin_max_instances),
             ("OUTPOST_LOG_FORMAT", self.log_format),
+            ("OUTPOST_STATE_MAX_ENTRIES", self.state_max_entries),
+            ("OUTPOST_STATE_MAX_BYTES", self.state_max_bytes),
+            ("OUTPOST_STATE_FAIL_OPEN", self.state_fail_open),
         ];
         pairs
             .into_iter()

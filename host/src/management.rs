@@ -54,12 +54,17 @@ pub async fn readyz(
                 .map(|reason| json!({"name": name, "reason": reason}))
         })
         .collect();
-    let store = match state.state.ping().await {
+    let mut store = match state.state.ping().await {
         Ok(()) => json!({"backend": state.state.kind(), "reachable": true}),
         Err(e) => {
             json!({"backend": state.state.kind(), "reachable": false, "error": e.to_string()})
         }
     };
+    if let crate::state::StateStore::Memory(m) = &*state.state {
+        let (entries, bytes) = m.bounded_usage();
+        store["cache_entries"] = json!(entries);
+        store["cache_bytes"] = json!(bytes);
+    }
     let ready = store["reachable"] == true;
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },

@@ -85,7 +85,7 @@ pub async fn build(
     )?);
     let client = client::build(settings.connect_timeout);
     let state = Arc::new(match &settings.redis_url {
-        None => StateStore::memory(),
+        None => StateStore::Memory(crate::state::MemoryStore::new(settings.state_caps)),
         Some(url) => StateStore::Redis(
             crate::state::RedisStore::connect(url)
                 .await

@@ -93,7 +93,19 @@ fn shipped_providers_pass_check_when_enabled() {
     let cfg = Config::new()
         .env("GITHUB_TOKEN", "dummy")
         .env("OPENAI_API_KEY", "dummy")
-        .env("STRIPE_SECRET_KEY", "dummy");
+        .env("STRIPE_SECRET_KEY", "dummy")
+        .env("SLACK_BOT_TOKEN", "dummy")
+        .env("JIRA_EMAIL", "dummy")
+        .env("JIRA_API_TOKEN", "dummy")
+        .env("ANTHROPIC_API_KEY", "dummy")
+        .env("GROWW_API_KEY", "dummy")
+        .env("GROWW_API_SECRET", "dummy")
+        .env("UPSTOX_ACCESS_TOKEN", "dummy")
+        .env("NOTION_API_KEY", "dummy")
+        .env("TWILIO_ACCOUNT_SID", "dummy")
+        .env("TWILIO_AUTH_TOKEN", "dummy")
+        .env("AWS_ACCESS_KEY_ID", "dummy")
+        .env("AWS_SECRET_ACCESS_KEY", "dummy");
     let mut count = 0;
     for entry in std::fs::read_dir(root().join("providers")).unwrap() {
         let path = entry.unwrap().path();

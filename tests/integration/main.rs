@@ -6,6 +6,7 @@ mod harness;
 
 mod check;
 mod foundation;
+mod modules;
 mod pipeline;
 mod plugins;
 mod state;

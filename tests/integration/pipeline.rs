@@ -834,3 +834,54 @@ async fn json_logs_carry_one_line_per_request() {
     );
     assert!(!logs.contains("json-log-secret-value"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn body_over_the_cap_is_413_only_when_buffered() {
+    let up = Upstream::start().await;
+    let cfg = Config::new()
+        .env("OUTPOST_MAX_BODY_BYTES", "64")
+        .env("HMAC_KEY", "key-value-413")
+        .env("HMAC_SECRET", "secret-value-413");
+    cfg.provider(
+        "h.yaml",
+        &format!("name: h\nbase_url: {}\nauth: {{type: hmac_signed, key_env: HMAC_KEY, secret_env: HMAC_SECRET, payload: body}}\nforwarding:\n  treat_writes_as_sensitive: false\n", up.url()),
+    );
+    cfg.provider("s.yaml", &format!("name: s\nbase_url: {}\nauth: {{type: none}}\nforwarding:\n  treat_writes_as_sensitive: false\n", up.url()));
+    let outpost = Outpost::start(&cfg);
+    let c = client();
+    let big = "x".repeat(1000);
+    let r = c
+        .post(outpost.url("/sign"))
+        .header("X-Provider", "h")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let (code, msg, _) = envelope(&r.text().await.unwrap());
+    assert_eq!(
+        (code.as_str(), msg.as_str()),
+        (
+            "PROXY_BODY_TOO_LARGE",
+            "Request body exceeds the limit of 64 bytes"
+        )
+    );
+    assert!(up.seen().is_empty());
+    let r = c
+        .post(outpost.url("/sign"))
+        .header("X-Provider", "h")
+        .body("small")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(outpost.url("/stream"))
+        .header("X-Provider", "s")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a streamed body is not capped");
+    assert_eq!(up.seen().last().unwrap().body.len(), 1000);
+}

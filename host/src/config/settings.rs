@@ -70,6 +70,12 @@ pub struct Settings {
     pub module_limits: ModuleLimits,
     /// `OUTPOST_LOG_FORMAT` (`text` or `json`).
     pub log_format: LogFormat,
+    /// `OUTPOST_STATE_MAX_ENTRIES` / `OUTPOST_STATE_MAX_BYTES`: caps on cached responses
+    /// and idempotency records in the embedded store.
+    pub state_caps: crate::state::Caps,
+    /// `OUTPOST_STATE_FAIL_OPEN`: when the state store is unreachable, skip rate limits,
+    /// cache and idempotency instead of answering 503 (D24; off by default).
+    pub state_fail_open: bool,
 }
 
 /// The variables [`Settings::from_env`] reads, for `--help` and docs.
@@ -94,6 +100,9 @@ pub const VARIABLES: &[&str] = &[
     "OUTPOST_PLUGIN_MEMORY_MB",
     "OUTPOST_PLUGIN_MAX_INSTANCES",
     "OUTPOST_LOG_FORMAT",
+    "OUTPOST_STATE_MAX_ENTRIES",
+    "OUTPOST_STATE_MAX_BYTES",
+    "OUTPOST_STATE_FAIL_OPEN",
 ];
 
 struct Reader<'a> {
@@ -220,6 +229,13 @@ impl Settings {
                     .unwrap_or(u32::MAX),
             },
             log_format,
+            state_fail_open: r.parse("OUTPOST_STATE_FAIL_OPEN", false, "true or false"),
+            state_caps: crate::state::Caps {
+                entries: usize::try_from(r.positive("OUTPOST_STATE_MAX_ENTRIES", 10_000))
+                    .unwrap_or(usize::MAX),
+                bytes: usize::try_from(r.positive("OUTPOST_STATE_MAX_BYTES", 64 * 1024 * 1024))
+                    .unwrap_or(usize::MAX),
+            },
         };
         if r.errors.is_empty() {
             Ok(settings)

@@ -201,7 +201,7 @@ fn idle_guard(body: Body, idle: std::time::Duration, provider: String) -> Body {
 
 /// Read up to `cap` bytes of `body`. Returns the whole body when it fits; otherwise
 /// `None` and a body that replays what was read, then streams the rest.
-async fn peek<B>(mut body: B, cap: usize) -> (Option<Bytes>, Body)
+pub(super) async fn peek<B>(mut body: B, cap: usize) -> (Option<Bytes>, Body)
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

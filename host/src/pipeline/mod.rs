@@ -13,7 +13,9 @@
 //! 7. [`classify`] — the allow rule (or transparent defaults) that gives the route its
 //!    category, cache TTL and sensitivity (D8).
 //! 8. [`sensitive`] — sensitive routes need a host with `can_call_sensitive`.
-//! 9. [`rate_limit`] — upstream cooldowns and the category's token buckets (§5, §6, D15).
+//! 9. [`replay`] — idempotent replays (D13) and the response cache (§7, D14): answers
+//!    from state, before any token or credential is spent; [`rate_limit`] — upstream
+//!    cooldowns and the category's token buckets (§5, §6, D15).
 //! 10. [`headers`] — what the upstream may see of the agent's headers (D9), plus the
 //!     provider's default headers.
 //! 11. [`sign`] — the provider's auth module signs the request (D16, D21); a failure
@@ -32,6 +34,7 @@ pub mod path;
 pub mod provider;
 pub mod psk;
 pub mod rate_limit;
+pub mod replay;
 pub mod sensitive;
 pub mod sign;
 
@@ -146,44 +149,156 @@ async fn run(
         parts.method.as_str(),
         &target.canonical,
     )?;
-    rate_limit::acquire(
-        &state.state,
-        provider.def,
-        &route.category,
-        state.settings.rate_limit_queue_timeout,
-    )
-    .await?;
+    let name = provider.def.name.as_str();
+
+    // Phase 9a: idempotency (buffers the body to fingerprint it).
+    let mut body = body;
+    let mut held: Option<Bytes> = None;
+    let mut idempotency: Option<(String, String)> = None;
+    let idem_header = parts
+        .headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty());
+    if let (true, Some(k)) = (parts.method == http::Method::POST, idem_header) {
+        let bytes = sign::buffer(body, state.settings.max_body_bytes).await?;
+        let fp = replay::fingerprint(
+            parts.method.as_str(),
+            &target.canonical,
+            &target.query,
+            &bytes,
+        );
+        let key = replay::idempotency_key(name, &policy.id, k);
+        match fail_open(
+            state,
+            replay::idempotency_claim(&state.state, &key, &fp).await,
+        )? {
+            Some(replay::Claim::Replay(e)) => {
+                return Ok(replay::replay(&e, name, "IDEMPOTENT-HIT"));
+            }
+            Some(replay::Claim::Owned) => idempotency = Some((key, fp)),
+            None => {}
+        }
+        body = Body::from(bytes.clone());
+        held = Some(bytes);
+    }
+    // Phase 9b: response cache.
+    let mut cache_key = None;
+    if parts.method == http::Method::GET && route.cache_ttl > 0 {
+        let key = replay::cache_key(name, &target.canonical, &target.query);
+        if let Some(Some(e)) = fail_open(state, replay::cache_lookup(&state.state, &key).await)? {
+            return Ok(replay::replay(&e, name, "HIT"));
+        }
+        cache_key = Some(key);
+    }
+
+    let outcome = upstream(state, &parts, &provider, &route, target, body, held).await;
+
+    // Persist, or release the idempotency claim.
+    let cap = state.settings.max_body_bytes;
+    let mut response = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some((key, _)) = idempotency {
+                replay::idempotency_finish(&state.state, &key, None).await;
+            }
+            return Err(e);
+        }
+    };
+    if let Some(key) = cache_key {
+        response
+            .headers_mut()
+            .insert("x-proxy-cache", http::HeaderValue::from_static("MISS"));
+        if replay::storable(&response) {
+            let (entry, r) = replay::capture(response, cap, None).await;
+            response = r;
+            if let Some(bytes) = entry.and_then(|e| serde_json::to_vec(&e).ok()) {
+                let ttl = std::time::Duration::from_secs(route.cache_ttl);
+                if let Err(e) = state.state.set(&key, bytes, Some(ttl)).await {
+                    tracing::warn!(
+                        provider = name,
+                        "cannot store the response in the cache: {e}"
+                    );
+                }
+            }
+        }
+    }
+    if let Some((key, fp)) = idempotency {
+        let entry = if response.status().is_success() {
+            let (entry, r) = replay::capture(response, cap, Some(fp)).await;
+            response = r;
+            entry
+        } else {
+            None
+        };
+        replay::idempotency_finish(&state.state, &key, entry).await;
+    }
+    Ok(response)
+}
+
+/// With `OUTPOST_STATE_FAIL_OPEN`, a state-store outage skips the state phase (`None`)
+/// instead of failing the request (D24).
+fn fail_open<T>(state: &AppState, r: Result<T, ProxyError>) -> Result<Option<T>, ProxyError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(ProxyError::StateUnavailable(reason)) if state.settings.state_fail_open => {
+            tracing::warn!("state store unavailable, failing open as configured: {reason}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Phases 10–12 (rate limit, headers, sign, forward), with one retry when the module asks.
+async fn upstream(
+    state: &AppState,
+    parts: &http::request::Parts,
+    provider: &provider::Selected<'_>,
+    route: &crate::policy::route::Route,
+    target: path::Target,
+    body: Body,
+    held: Option<Bytes>,
+) -> Result<Response, ProxyError> {
+    fail_open(
+        state,
+        rate_limit::acquire(
+            &state.state,
+            provider.def,
+            &route.category,
+            state.settings.rate_limit_queue_timeout,
+        )
+        .await,
+    )?;
     let headers = headers::outbound(&parts.headers, &provider.def.default_headers);
     let empty_body = http_body::Body::is_end_stream(&body);
     let signed = sign::sign(
         state,
-        &provider,
+        provider,
         &parts.method,
         target.clone(),
         headers.clone(),
         body,
     )
     .await?;
-    // A body can be sent again only if we hold it (buffered for the signer) or there is none.
-    let replay = signed
-        .buffered
-        .clone()
+    // A body can be sent again only if we hold it (buffered) or there is none.
+    let replay = held
+        .or_else(|| signed.buffered.clone())
         .or_else(|| empty_body.then(Bytes::new));
-    let (response, verdict) = forward::forward(state, &provider, &route.category, signed).await?;
+    let (response, verdict) = forward::forward(state, provider, &route.category, signed).await?;
     match (verdict, replay) {
         // D17: the module dropped a rejected credential and can mint a fresh one: retry once.
         (Verdict::Retry, Some(body)) => {
             tracing::info!(provider = %provider.def.name, "retrying once with a fresh credential");
             let signed = sign::sign(
                 state,
-                &provider,
+                provider,
                 &parts.method,
                 target,
                 headers,
                 Body::from(body),
             )
             .await?;
-            Ok(forward::forward(state, &provider, &route.category, signed)
+            Ok(forward::forward(state, provider, &route.category, signed)
                 .await?
                 .0)
         }

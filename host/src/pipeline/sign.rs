@@ -29,6 +29,23 @@ pub struct Signed {
     pub buffered: Option<Bytes>,
 }
 
+/// Read a whole request body, refusing more than `limit` bytes (D11).
+pub async fn buffer(body: Body, limit: usize) -> Result<Bytes, ProxyError> {
+    Ok(Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ProxyError::BodyTooLarge(limit)
+            } else {
+                ProxyError::BadRequest(format!("reading the request body: {e}"))
+            }
+        })?
+        .to_bytes())
+}
+
 /// Sign the request.
 pub async fn sign(
     state: &AppState,
@@ -42,20 +59,7 @@ pub async fn sign(
     let (buffered, stream) = match signer.info.body_access {
         BodyAccess::None => (None, Some(body)),
         BodyAccess::Read | BodyAccess::ReadWrite => {
-            let limit = state.settings.max_body_bytes;
-            let bytes = Limited::new(body, limit)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some()
-                    {
-                        ProxyError::BodyTooLarge(limit)
-                    } else {
-                        ProxyError::Upstream(format!("reading the request body: {e}"))
-                    }
-                })?
-                .to_bytes();
+            let bytes = buffer(body, state.settings.max_body_bytes).await?;
             (Some(bytes), None)
         }
     };

@@ -50,6 +50,16 @@ impl Grants {
                 }
             }
         });
+        // `oauth2_client_credentials` without `redis_key` uses the original Python
+        // runtime's default key: `oauth2:` + the first 8 hex of MD5(token_url).
+        if let (Some(Value::String(url)), None) = (config.get("token_url"), config.get("redis_key"))
+        {
+            use md5::Digest as _;
+            g.kv_keys.push(format!(
+                "oauth2:{}",
+                &hex::encode(md5::Md5::digest(url.as_bytes()))[..8]
+            ));
+        }
         if wants_base_origin {
             g.origins.push(origin.to_ascii_lowercase());
         }
@@ -177,6 +187,18 @@ mod tests {
             g.redact("got sec-456 and id-123"),
             "got [REDACTED] and [REDACTED]"
         );
+    }
+
+    #[test]
+    fn oauth2_default_key_is_granted() {
+        let cfg = json!({"token_url": "http://127.0.0.1:18081/token"});
+        let g = Grants::derive("acme", "https://api.acme.io", &cfg, &MapEnv::default());
+        assert!(
+            g.kv_allowed("oauth2:f022d448"),
+            "the reference's example key"
+        );
+        assert!(g.kv_allowed("oauth2:f022d448:lock"));
+        assert!(!g.kv_allowed("oauth2:00000000"));
     }
 
     #[test]

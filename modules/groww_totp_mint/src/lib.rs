@@ -1,0 +1,190 @@
+//! `groww_totp_mint`: the Groww trading API's access token, minted from an API key and a
+//! TOTP code (reference §8.12) — the WebAssembly version of the original's
+//! `groww_totp_mint` plugin (`module: app.python.plugins.groww_totp_mint:GrowwTotpMintAuth`).
+//!
+//! Config (the plugin's `config:` map): `api_key_env` (default `GROWW_API_KEY`),
+//! `totp_seed_env` (default `GROWW_TOTP_SEED`; a base32 seed), `mint_path` (default
+//! `/v1/token/api/access`), `invalidate_on` (`[401]`). The host only hands a module the
+//! secrets its configuration names, so name both `*_env` keys explicitly.
+//!
+//! * TOTP: RFC 6238, HMAC-SHA1, 30 s step, T0 = 0, 6 digits. The seed is decoded as
+//!   strict base32 after upper-casing (whitespace and `=` padding are tolerated); a seed
+//!   that does not decode is a configuration error at load time.
+//! * Mint: `POST <scheme://authority of the request><mint_path>` with
+//!   `Authorization: Bearer <api key>`, `Content-Type: application/json` and the body
+//!   `{"key_type": "totp", "totp": "<code>"}`, 15 s timeout; the token slot, lock, TTL
+//!   rules and output are those of `groww_approval_mint` (`groww:token`,
+//!   `groww:token:lock`, `Authorization: Bearer <token>`).
+//! * `on-response`: a status in `invalidate_on` deletes `groww:token` and answers `retry`.
+
+// Shared with `groww_approval_mint`: one source file, compiled into each module that needs it.
+#[path = "../../groww_approval_mint/src/groww.rs"]
+mod groww;
+// Shared with `oauth2_client_credentials`: one source file, compiled into each module that needs it.
+#[path = "../../oauth2_client_credentials/src/mint.rs"]
+mod mint;
+// The shared file also offers SHA-256/512, which only the `totp` module uses.
+#[allow(dead_code)]
+// Shared with `totp`: one source file, compiled into each module that needs it.
+#[path = "../../totp/src/otp.rs"]
+mod otp;
+
+use mint::{HostKv, Minted, Slot};
+use outpost_plugin_sdk::{
+    BodyAccess, Config, Error, Guest, Header, ModuleInfo, Request, ResponseHook, ResponseInfo,
+    Verdict, export_module, http, kv, secret, set_header,
+};
+
+const WHO: &str = "groww_totp_mint";
+const KEYS: &[&str] = &["api_key_env", "totp_seed_env", "mint_path", "invalidate_on"];
+const INVALIDATE_ON: &[u16] = &[401];
+const MINT_TIMEOUT_MS: u32 = 15_000;
+
+/// The validated configuration with its secrets.
+struct Settings {
+    api_key: String,
+    seed: Vec<u8>,
+    mint_path: String,
+}
+
+/// The configuration's shape (no secrets): the secrets' names and the mint path.
+fn shape(cfg: &Config) -> Result<(&str, &str, String), Error> {
+    cfg.allow_only(KEYS)?;
+    cfg.invalidate_on(INVALIDATE_ON)?;
+    let path = cfg.str_or("mint_path", groww::DEFAULT_MINT_PATH)?;
+    let mint_path = groww::normalise_mint_path(path).map_err(|m| cfg.error(m))?;
+    Ok((
+        cfg.str_or("api_key_env", "GROWW_API_KEY")?,
+        cfg.str_or("totp_seed_env", "GROWW_TOTP_SEED")?,
+        mint_path,
+    ))
+}
+
+fn settings(config: &str) -> Result<Settings, Error> {
+    let cfg = Config::parse(config, WHO)?;
+    let (key_env, seed_env, mint_path) = shape(&cfg)?;
+    let api_key = secret(key_env).ok_or_else(|| cfg.error("api_key env var not set"))?;
+    let seed = secret(seed_env).ok_or_else(|| cfg.error("totp_seed env var not set"))?;
+    let seed = otp::base32_decode(&seed).map_err(|why| {
+        cfg.error(format_args!(
+            "the TOTP seed in '{seed_env}' is not valid base32 ({why})."
+        ))
+    })?;
+    Ok(Settings {
+        api_key,
+        seed,
+        mint_path,
+    })
+}
+
+/// The six-digit code at `unix_secs`.
+fn code(seed: &[u8], unix_secs: u64) -> Result<String, Error> {
+    otp::totp(otp::Algorithm::Sha1, seed, unix_secs, 30, 6)
+        .map_err(|why| Error::Internal(format!("{WHO}: TOTP: {why}")))
+}
+
+/// The mint request's JSON body.
+fn mint_body(code: &str) -> String {
+    groww::json_body(&[("key_type", "totp"), ("totp", code)])
+}
+
+fn mint(s: &Settings, req: &Request) -> Result<Minted, Error> {
+    // Whole seconds; the clock is after 1970 on any real host.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let now = groww::now_secs().floor() as u64;
+    let outgoing = http::OutgoingRequest {
+        method: "POST".into(),
+        url: groww::mint_url(&req.scheme, &req.authority, &s.mint_path),
+        headers: vec![
+            Header {
+                name: "Authorization".into(),
+                value: format!("Bearer {}", s.api_key).into_bytes(),
+            },
+            Header {
+                name: "Content-Type".into(),
+                value: b"application/json".to_vec(),
+            },
+            Header {
+                name: "Accept".into(),
+                value: b"application/json".to_vec(),
+            },
+        ],
+        body: Some(mint_body(&code(&s.seed, now)?).into_bytes()),
+        timeout_ms: Some(MINT_TIMEOUT_MS),
+    };
+    let resp = http::send(&outgoing)
+        .map_err(|e| Error::Unavailable(format!("{WHO}: mint request failed: {e}")))?;
+    groww::parse_mint_response(WHO, resp.status, &resp.body, groww::now_secs())
+        .map_err(Error::Unavailable)
+}
+
+struct GrowwTotpMint;
+
+impl Guest for GrowwTotpMint {
+    fn validate_config(config: String) -> Result<ModuleInfo, Error> {
+        settings(&config)?;
+        Ok(ModuleInfo {
+            body_access: BodyAccess::None,
+            response_hook: ResponseHook::Errors,
+        })
+    }
+
+    fn sign_request(config: String, mut req: Request) -> Result<Request, Error> {
+        let s = settings(&config)?;
+        let slot = Slot {
+            who: WHO,
+            key: groww::TOKEN_KEY,
+            lock: groww::LOCK_KEY,
+            timeout_message: "Timed out waiting for peer to mint Groww token".into(),
+        };
+        let token = slot.get_or_mint(&HostKv, std::thread::sleep, || mint(&s, &req))?;
+        set_header(
+            &mut req.headers,
+            "Authorization",
+            format!("Bearer {token}").as_bytes(),
+        );
+        Ok(req)
+    }
+
+    fn on_response(config: String, resp: ResponseInfo) -> Result<Verdict, Error> {
+        let cfg = Config::parse(&config, WHO)?;
+        if !cfg.invalidate_on(INVALIDATE_ON)?.contains(&resp.status) {
+            return Ok(Verdict::Accept);
+        }
+        kv::delete(groww::TOKEN_KEY)
+            .map_err(|e| Error::Unavailable(format!("{WHO}: state store: {e}")))?;
+        Ok(Verdict::Retry)
+    }
+}
+
+export_module!(GrowwTotpMint);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_totp_vectors_and_body() {
+        let seed = otp::base32_decode("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ").unwrap();
+        assert_eq!(code(&seed, 59).unwrap(), "287082");
+        assert_eq!(code(&seed, 1_111_111_109).unwrap(), "081804");
+        let lower = otp::base32_decode("gezdgnbvgy3tqojqgezdgnbvgy3tqojq").unwrap();
+        assert_eq!(code(&lower, 59).unwrap(), "287082");
+        assert_eq!(
+            mint_body("081804"),
+            r#"{"key_type": "totp", "totp": "081804"}"#
+        );
+    }
+
+    #[test]
+    fn shape_defaults_and_errors() {
+        let cfg = Config::parse("{}", WHO).unwrap();
+        let (k, s, p) = shape(&cfg).unwrap();
+        assert_eq!(
+            (k, s, p.as_str()),
+            ("GROWW_API_KEY", "GROWW_TOTP_SEED", "/v1/token/api/access")
+        );
+        let cfg = Config::parse(r#"{"totp_seed":"X"}"#, WHO).unwrap();
+        assert!(shape(&cfg).is_err());
+    }
+}
