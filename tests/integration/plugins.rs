@@ -42,6 +42,63 @@ async fn dropped_in_plugin_signs_requests_and_gets_only_declared_secrets() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn plugins_reach_only_granted_keys_and_origins() {
+    let up = Upstream::start().await;
+    let other = Upstream::start().await;
+    let cfg = Config::new().env("FIXTURE_SECRET", "fixture-secret-value");
+    cfg.plugin("fixture_header");
+    let provider = |name: &str, key: &str, url: &str| {
+        format!(
+            "name: {name}\nbase_url: {}\nauth:\n  type: plugin\n  module: fixture_header.wasm\n  config:\n    env: FIXTURE_SECRET\n    probe_key: {key}\n    probe_http: {url}\n",
+            up.url()
+        )
+    };
+    // Granted: a key under the provider's own prefix; an origin named by a `*_url` key.
+    cfg.provider(
+        "mine.yaml",
+        &format!(
+            "name: mine\nbase_url: {}\nauth:\n  type: plugin\n  module: fixture_header.wasm\n  config:\n    env: FIXTURE_SECRET\n    probe_key: 'mine:token'\n    probe_http: {}/x\n    token_url: {}/token\n",
+            up.url(),
+            other.url(),
+            other.url()
+        ),
+    );
+    // Not granted: another provider's key, an origin nothing names, the upstream itself.
+    cfg.provider(
+        "nosy.yaml",
+        &provider("nosy", "'mine:token'", &format!("{}/steal", other.url())),
+    );
+    cfg.provider(
+        "upstream.yaml",
+        &provider("upstream", "'upstox:token'", &format!("{}/self", up.url())),
+    );
+    let outpost = Outpost::start(&cfg);
+    let c = client();
+    for (name, key, http) in [
+        ("mine", "ok", "ok"),
+        ("nosy", "refused", "refused"),
+        ("upstream", "refused", "refused"),
+    ] {
+        let r = c
+            .get(outpost.url("/v"))
+            .header("X-Provider", name)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        let seen = up.seen().into_iter().last().unwrap();
+        assert_eq!(seen.header("x-probe-key"), Some(key), "{name}: kv");
+        assert_eq!(seen.header("x-probe-http"), Some(http), "{name}: http");
+    }
+    assert_eq!(
+        other.seen().len(),
+        1,
+        "only the granted outbound request left the sandbox"
+    );
+    assert!(outpost.logs().contains("refused access to a key"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn looping_plugin_is_cut_off_while_others_keep_serving() {
     let up = Upstream::start().await;
     let cfg = Config::new()
