@@ -885,3 +885,50 @@ async fn body_over_the_cap_is_413_only_when_buffered() {
     assert_eq!(r.status(), 200, "a streamed body is not capped");
     assert_eq!(up.seen().last().unwrap().body.len(), 1000);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_style_rules_and_odd_psk_bytes() {
+    let up = Upstream::start().await;
+    let cfg = Config::new().env("ODD_PSK", "psk-odd-value");
+    cfg.hosts("hosts:\n  - id: local\n    cidrs: [127.0.0.1]\n    can_trade: true\n    auth_token_env: ODD_PSK\n");
+    // D1: the original README's rule shape, rejected by the original's code, accepted here.
+    cfg.provider(
+        "r.yaml",
+        &format!("name: r\nbase_url: {}\nauth: {{type: none}}\nforwarding:\n  mode: allowlist\n  allow:\n    - {{path: /v1/items/*, methods: [GET, delete]}}\n", up.url()),
+    );
+    let outpost = Outpost::start(&cfg);
+    let c = client();
+    let send = |m: &'static str| {
+        let (c, url) = (c.clone(), outpost.url("/v1/items/9"));
+        async move {
+            c.request(m.parse().unwrap(), url)
+                .header("X-Provider", "r")
+                .header("X-Outpost-Auth", "psk-odd-value")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(send("GET").await, 200);
+    assert_eq!(
+        send("DELETE").await,
+        200,
+        "can_trade grants sensitive calls"
+    );
+    assert_eq!(send("POST").await, 404);
+    // D6: any odd PSK header value is a 401, never a 500.
+    for value in [
+        &b"psk-odd-value\xff"[..],
+        b"\xc3\x28",
+        b"psk-odd-value psk-odd-value",
+        b" ",
+    ] {
+        let mut req = b"GET /v1/items/9 HTTP/1.1\r\nHost: x\r\nX-Provider: r\r\nConnection: close\r\nX-Outpost-Auth: ".to_vec();
+        req.extend_from_slice(value);
+        req.extend_from_slice(b"\r\n\r\n");
+        let resp = raw(&outpost, &req).await;
+        assert_eq!(status_of(&resp), 401, "{value:?}: {resp}");
+    }
+}
