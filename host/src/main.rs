@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use outpost::config::env::{Env, Layered, ProcessEnv};
@@ -100,6 +101,9 @@ struct Flags {
     /// Skip rate limits, cache and idempotency while the state store is down, instead of 503 [env: OUTPOST_STATE_FAIL_OPEN]
     #[arg(long)]
     state_fail_open: Option<String>,
+    /// Reload when a configuration file changes (`true`/`false`) [env: OUTPOST_WATCH]
+    #[arg(long)]
+    watch: Option<String>,
 }
 
 impl Flags {
@@ -128,6 +132,7 @@ impl Flags {
             ("OUTPOST_STATE_MAX_ENTRIES", self.state_max_entries),
             ("OUTPOST_STATE_MAX_BYTES", self.state_max_bytes),
             ("OUTPOST_STATE_FAIL_OPEN", self.state_fail_open),
+            ("OUTPOST_WATCH", self.watch),
         ];
         pairs
             .into_iter()
@@ -184,14 +189,14 @@ async fn load(
     flags: Flags,
     log_format: Option<LogFormat>,
 ) -> Result<(server::AppState, Vec<outpost::config::ConfigError>), ExitCode> {
-    let env = Layered {
+    let env: Arc<dyn Env> = Arc::new(Layered {
         flags: flags.into_map(),
-        env: &ProcessEnv,
-    };
-    let settings = settings(&env)?;
+        env: Arc::new(ProcessEnv),
+    });
+    let settings = settings(&*env)?;
     let plain = log_format.is_some();
     init_logging(log_format.unwrap_or(settings.log_format));
-    server::build(settings, &env).await.map_err(|e| {
+    server::build(settings, env).await.map_err(|e| {
         if plain {
             eprintln!("error: {e}");
         } else {
@@ -226,14 +231,15 @@ async fn check(flags: Flags) -> ExitCode {
     for p in &problems {
         eprintln!("error: {p}");
     }
-    let usable = state.providers.usable();
+    let current = state.current();
+    let usable = current.providers.usable();
     println!(
         "{} provider(s) usable{}{}; {} host entr{}",
         usable.len(),
         if usable.is_empty() { "" } else { ": " },
         usable.join(", "),
-        state.hosts.len(),
-        if state.hosts.len() == 1 { "y" } else { "ies" }
+        current.hosts.len(),
+        if current.hosts.len() == 1 { "y" } else { "ies" }
     );
     if problems.is_empty() {
         println!("configuration OK");

@@ -18,7 +18,8 @@ use crate::server::AppState;
 /// Phases 1–3 of the pipeline, for management endpoints.
 fn admit(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ProxyError> {
     let ip = client_ip::resolve(peer, headers, &state.settings.trusted_proxies)?;
-    let policy = host_policy::admit(&state.hosts, ip)?;
+    let generation = state.current();
+    let policy = host_policy::admit(&generation.hosts, ip)?;
     psk::verify(policy, headers)
 }
 
@@ -33,7 +34,8 @@ macro_rules! admitted {
 
 /// `GET /healthz`: alive, and which providers are usable.
 pub async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(json!({ "status": "ok", "providers": state.providers.usable() })).into_response()
+    axum::Json(json!({ "status": "ok", "providers": state.current().providers.usable() }))
+        .into_response()
 }
 
 /// `GET /readyz`: ready to serve — providers built, state store reachable.
@@ -44,6 +46,7 @@ pub async fn readyz(
 ) -> Response {
     admitted!(state, peer, headers);
     let broken: Vec<Value> = state
+        .current()
         .providers
         .by_name
         .iter()
@@ -68,7 +71,8 @@ pub async fn readyz(
     let ready = store["reachable"] == true;
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
-        "providers": {"usable": state.providers.usable(), "broken": broken},
+        "generation": state.current().id,
+        "providers": {"usable": state.current().providers.usable(), "broken": broken},
         "state": store,
     });
     let status = if ready {
@@ -87,6 +91,7 @@ pub async fn providers(
 ) -> Response {
     admitted!(state, peer, headers);
     let list: Vec<Value> = state
+        .current()
         .providers
         .by_name
         .iter()
@@ -144,7 +149,7 @@ pub async fn docs(
 
 /// The OpenAPI document.
 pub fn openapi_document(state: &AppState) -> Value {
-    let names = state.providers.usable();
+    let names = state.current().providers.usable();
     let mut provider_schema = json!({"type": "string"});
     if !names.is_empty() {
         provider_schema["enum"] = json!(names);
@@ -229,7 +234,7 @@ fn escape(s: &str) -> String {
 
 fn docs_page(state: &AppState) -> String {
     let mut rows = String::new();
-    for (name, p) in &state.providers.by_name {
+    for (name, p) in &state.current().providers.by_name {
         let (base, mode, rules) = match &p.def {
             Some(d) => {
                 let mut rules = String::new();

@@ -25,15 +25,34 @@ use crate::providers::{self, LoadContext, Providers};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::state::StateStore;
 
+/// One loaded configuration: host policy and providers. Requests take the current
+/// generation when they start and finish on it, whatever reloads happen meanwhile (D23).
+#[derive(Debug)]
+pub struct Generation {
+    /// 1 at start-up, +1 per successful reload.
+    pub id: u64,
+    /// Host policy.
+    pub hosts: Hosts,
+    /// Providers.
+    pub providers: Providers,
+    /// The problems this configuration had when loaded (broken providers).
+    pub problems: Vec<String>,
+    /// The configuration files as they were just before loading (for `OUTPOST_WATCH`).
+    pub files: Vec<FileStamp>,
+}
+
+/// A file's path, size and modification time.
+pub type FileStamp = (std::path::PathBuf, u64, Option<std::time::SystemTime>);
+
 /// Everything a request needs, built once at start-up.
 #[derive(Debug)]
 pub struct AppState {
     /// Settings.
     pub settings: Settings,
-    /// Host policy.
-    pub hosts: Hosts,
-    /// Providers.
-    pub providers: Providers,
+    /// The current configuration generation (swapped atomically on reload).
+    pub config: arc_swap::ArcSwap<Generation>,
+    /// Where settings and secrets come from (kept for reloads).
+    pub env: Arc<dyn Env>,
     /// Module runtime.
     pub runtime: Arc<Runtime>,
     /// Upstream client.
@@ -73,12 +92,8 @@ pub enum StartError {
 /// providers answer 503); a bad hosts file refuses start-up.
 pub async fn build(
     settings: Settings,
-    env: &dyn Env,
+    env: Arc<dyn Env>,
 ) -> Result<(AppState, Vec<ConfigError>), StartError> {
-    let hosts = Hosts::load(&settings.hosts_path, env)?;
-    if hosts.is_empty() {
-        tracing::warn!(file = %settings.hosts_path.display(), "hosts file admits nobody: every request will be refused");
-    }
     let runtime = Arc::new(Runtime::new(
         settings.module_limits.clone(),
         settings.cache_dir.clone(),
@@ -92,27 +107,92 @@ pub async fn build(
                 .map_err(|e| ConfigError::new("environment", "REDIS_URL", e.to_string()))?,
         ),
     });
-    let outcome = providers::load(&LoadContext {
-        settings: &settings,
-        env,
-        runtime: &runtime,
-        state: state.clone(),
-        client: client.clone(),
-    })
-    .await;
     let metrics = crate::metrics::Metrics::new()?;
-    Ok((
-        AppState {
-            settings,
-            hosts,
-            providers: outcome.providers,
-            runtime,
-            client,
-            state,
-            metrics,
-        },
-        outcome.problems,
-    ))
+    let app = AppState {
+        settings,
+        config: arc_swap::ArcSwap::from_pointee(Generation {
+            id: 0,
+            hosts: Hosts::default(),
+            providers: Providers::default(),
+            problems: Vec::new(),
+            files: Vec::new(),
+        }),
+        env,
+        runtime,
+        client,
+        state,
+        metrics,
+    };
+    let (generation, problems) = app.load_generation(1).await?;
+    app.config.store(Arc::new(generation));
+    Ok((app, problems))
+}
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The hosts file is invalid.
+    #[error("{0}")]
+    Hosts(#[from] ConfigError),
+    /// The new set has problems the current one does not.
+    #[error("{} new problem(s): {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    NewProblems(Vec<ConfigError>),
+}
+
+impl AppState {
+    /// The current configuration generation.
+    pub fn current(&self) -> Arc<Generation> {
+        self.config.load_full()
+    }
+
+    async fn load_generation(
+        &self,
+        id: u64,
+    ) -> Result<(Generation, Vec<ConfigError>), ConfigError> {
+        // Stamped before reading, so a change made while loading triggers another reload.
+        let files = fingerprint(&self.settings);
+        let hosts = Hosts::load(&self.settings.hosts_path, &*self.env)?;
+        if hosts.is_empty() {
+            tracing::warn!(file = %self.settings.hosts_path.display(), "hosts file admits nobody: every request will be refused");
+        }
+        let outcome = providers::load(&LoadContext {
+            settings: &self.settings,
+            env: &*self.env,
+            runtime: &self.runtime,
+            state: self.state.clone(),
+            client: self.client.clone(),
+        })
+        .await;
+        let problems = outcome.problems.iter().map(ToString::to_string).collect();
+        Ok((
+            Generation {
+                id,
+                hosts,
+                providers: outcome.providers,
+                problems,
+                files,
+            },
+            outcome.problems,
+        ))
+    }
+
+    /// Reload hosts, providers and plugins (D23). The new set replaces the current one
+    /// atomically, unless it is invalid or has problems the current one does not have:
+    /// then it is refused and the current one keeps serving.
+    pub async fn reload(&self) -> Result<u64, ReloadError> {
+        let current = self.current();
+        let (next, problems) = self.load_generation(current.id + 1).await?;
+        let new: Vec<ConfigError> = problems
+            .into_iter()
+            .filter(|p| !current.problems.contains(&p.to_string()))
+            .collect();
+        if !new.is_empty() {
+            return Err(ReloadError::NewProblems(new));
+        }
+        let id = next.id;
+        self.config.store(Arc::new(next));
+        Ok(id)
+    }
 }
 
 /// The router: management endpoints (GET only), then the proxy for everything else.
@@ -151,8 +231,10 @@ pub async fn serve(state: AppState) -> Result<(), StartError> {
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
     let bound = listener.local_addr().map_err(StartError::Serve)?;
-    tracing::info!(addr = %bound, providers = ?state.providers.usable(), "outpost listening on {bound}");
-    let router = app(Arc::new(state));
+    tracing::info!(addr = %bound, providers = ?state.current().providers.usable(), "outpost listening on {bound}");
+    let state = Arc::new(state);
+    spawn_reloaders(state.clone());
+    let router = app(state);
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -217,6 +299,78 @@ pub async fn serve(state: AppState) -> Result<(), StartError> {
         tracing::warn!("in-flight requests still running after 30 s; exiting");
     }
     Ok(())
+}
+
+/// SIGHUP always reloads; with `OUTPOST_WATCH`, a change to any configuration file does.
+fn spawn_reloaders(state: Arc<AppState>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(4);
+    #[cfg(unix)]
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                tracing::warn!("cannot listen for SIGHUP; reload by signal is unavailable");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let _ = tx.send("SIGHUP").await;
+            }
+        });
+    }
+    if state.settings.watch {
+        tracing::info!("watching configuration files for changes");
+        let watched = state.clone();
+        tokio::spawn(async move {
+            // Compare with what the current generation was loaded from (stamped before
+            // loading, so no change can slip between loading and watching); remember a
+            // refused state so a bad file is reported once, not every second.
+            let mut refused: Option<Vec<FileStamp>> = None;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = fingerprint(&watched.settings);
+                if now != watched.current().files && refused.as_ref() != Some(&now) {
+                    refused = Some(now);
+                    let _ = tx.send("file change").await;
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        while let Some(why) = rx.recv().await {
+            match state.reload().await {
+                Ok(id) => tracing::info!(generation = id, "configuration reloaded ({why})"),
+                Err(e) => tracing::error!(
+                    "configuration reload refused ({why}); the current one keeps serving: {e}"
+                ),
+            }
+        }
+    });
+}
+
+/// Names, sizes and modification times of every configuration file.
+fn fingerprint(s: &Settings) -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut out = Vec::new();
+    let mut add = |p: &std::path::Path| {
+        if let Ok(m) = std::fs::metadata(p) {
+            out.push((p.to_path_buf(), m.len(), m.modified().ok()));
+        }
+    };
+    add(&s.hosts_path);
+    let dirs = [
+        Some(&s.providers_dir),
+        s.extra_providers_dir.as_ref(),
+        Some(&s.plugins_dir),
+    ];
+    for dir in dirs.into_iter().flatten() {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            paths.iter().for_each(|p| add(p));
+        }
+    }
+    out
 }
 
 async fn shutdown() {

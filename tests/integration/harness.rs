@@ -316,6 +316,11 @@ impl Outpost {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The process id (to send signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything logged so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()

@@ -278,3 +278,132 @@ async fn hostile_plugins_fail_closed() {
         "the panic message is logged:\n{logs}"
     );
 }
+
+fn hup(outpost: &Outpost) {
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &outpost.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -HUP failed");
+}
+
+async fn generation(outpost: &Outpost) -> u64 {
+    let ready: serde_json::Value = client()
+        .get(outpost.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    ready["generation"].as_u64().unwrap()
+}
+
+async fn wait_generation(outpost: &Outpost, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while generation(outpost).await != want {
+        assert!(
+            Instant::now() < deadline,
+            "generation {want} never arrived:\n{}",
+            outpost.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn reloading_provider(up: &Upstream, env: &str, allowed: &str) -> String {
+    format!(
+        "name: r\nbase_url: {}\nauth: {{type: bearer_static, env: {env}}}\nforwarding:\n  mode: allowlist\n  allow:\n    - {{method: GET, pattern: {allowed}}}\n",
+        up.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_atomically_and_refuses_a_bad_set() {
+    let up = Upstream::start().await;
+    let cfg = Config::new()
+        .env("TOKEN_A", "token-a-value")
+        .env("TOKEN_B", "token-b-value");
+    cfg.provider("r.yaml", &reloading_provider(&up, "TOKEN_A", "/v1/old"));
+    let outpost = Outpost::start(&cfg);
+    let c = client();
+    let get = |path: &'static str| {
+        let (c, url) = (c.clone(), outpost.url(path));
+        async move {
+            c.get(url)
+                .header("X-Provider", "r")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(generation(&outpost).await, 1);
+    assert_eq!(get("/v1/old").await, 200);
+    assert_eq!(
+        up.seen().last().unwrap().header("authorization"),
+        Some("Bearer token-a-value")
+    );
+
+    // New credential and a new allow rule; SIGHUP; the next request uses both.
+    cfg.provider("r.yaml", &reloading_provider(&up, "TOKEN_B", "/v1/new"));
+    hup(&outpost);
+    wait_generation(&outpost, 2).await;
+    assert_eq!(get("/v1/new").await, 200);
+    assert_eq!(
+        up.seen().last().unwrap().header("authorization"),
+        Some("Bearer token-b-value")
+    );
+    assert_eq!(get("/v1/old").await, 404);
+
+    // An invalid file: refused with a log line naming it; the old set keeps serving.
+    cfg.provider(
+        "r.yaml",
+        "name: r\nbase_url: http://x\nauth: {type: none}\nforwarding:\n  denny: []\n",
+    );
+    hup(&outpost);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !outpost.logs().contains("reload refused") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            outpost.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = outpost.logs();
+    assert!(
+        logs.contains("r.yaml") && logs.contains("did you mean 'deny'"),
+        "{logs}"
+    );
+    assert_eq!(generation(&outpost).await, 2);
+    assert_eq!(get("/v1/new").await, 200);
+    assert_eq!(
+        up.seen().last().unwrap().header("authorization"),
+        Some("Bearer token-b-value")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_reloads_on_file_change() {
+    let up = Upstream::start().await;
+    let cfg = Config::new()
+        .env("TOKEN_A", "token-a-value")
+        .env("OUTPOST_WATCH", "true");
+    cfg.provider("r.yaml", &reloading_provider(&up, "TOKEN_A", "/v1/old"));
+    let outpost = Outpost::start(&cfg);
+    cfg.provider(
+        "r2.yaml",
+        &reloading_provider(&up, "TOKEN_A", "/v1/old").replace("name: r", "name: r2"),
+    );
+    wait_generation(&outpost, 2).await;
+    let r = client()
+        .get(outpost.url("/v1/old"))
+        .header("X-Provider", "r2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -76,6 +76,8 @@ pub struct Settings {
     /// `OUTPOST_STATE_FAIL_OPEN`: when the state store is unreachable, skip rate limits,
     /// cache and idempotency instead of answering 503 (D24; off by default).
     pub state_fail_open: bool,
+    /// `OUTPOST_WATCH`: reload when a configuration file changes (D23).
+    pub watch: bool,
 }
 
 /// The variables [`Settings::from_env`] reads, for `--help` and docs.
@@ -103,6 +105,7 @@ pub const VARIABLES: &[&str] = &[
     "OUTPOST_STATE_MAX_ENTRIES",
     "OUTPOST_STATE_MAX_BYTES",
     "OUTPOST_STATE_FAIL_OPEN",
+    "OUTPOST_WATCH",
 ];
 
 struct Reader<'a> {
@@ -230,6 +233,7 @@ impl Settings {
             },
             log_format,
             state_fail_open: r.parse("OUTPOST_STATE_FAIL_OPEN", false, "true or false"),
+            watch: r.parse("OUTPOST_WATCH", false, "true or false"),
             state_caps: crate::state::Caps {
                 entries: usize::try_from(r.positive("OUTPOST_STATE_MAX_ENTRIES", 10_000))
                     .unwrap_or(usize::MAX),

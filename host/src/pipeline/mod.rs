@@ -129,11 +129,13 @@ async fn run(
 ) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
     let ip = client_ip::resolve(peer, &parts.headers, &state.settings.trusted_proxies)?;
-    let policy = host_policy::admit(&state.hosts, ip)?;
+    // The configuration generation this request runs on, start to finish (D23).
+    let generation = state.current();
+    let policy = host_policy::admit(&generation.hosts, ip)?;
     trace.host = Some(policy.id.clone());
     psk::verify(policy, &parts.headers)?;
     let provider = provider::resolve(
-        &state.providers,
+        &generation.providers,
         &parts.headers,
         &state.settings.default_provider,
     )?;
