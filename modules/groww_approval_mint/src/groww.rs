@@ -1,12 +1,13 @@
 //! What the two Groww mint modules share (reference §8.11, §8.12): the token slot, the
-//! mint URL, the mint response and its TTL rules.
-//!
-//! (The same file is used by `groww_approval_mint` and `groww_totp_mint`; modules are
-//! independent components, so each carries its own copy.)
+//! mint URL and request, the mint response and its TTL rules, and the `sign-request` /
+//! `on-response` behaviour. One source file, compiled into both `groww_approval_mint`
+//! and `groww_totp_mint` (`#[path]`), since each module is an independent component.
 
 use serde_json::Value;
 
-use crate::mint::Minted;
+use outpost_plugin_sdk::{Config, Error, Header, Request, Verdict, http, kv, set_header};
+
+use crate::mint::{HostKv, Minted, Slot};
 
 /// The token slot, shared by both Groww modules and by a `bearer_redis` alternative
 /// (`redis_key: groww:token`). The host grants it as the provider-private prefix of a
@@ -198,6 +199,76 @@ pub fn now_secs() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// Give up on the mint endpoint after this long.
+pub const MINT_TIMEOUT_MS: u32 = 15_000;
+
+/// Send a mint request — `POST <url>` with `Authorization: Bearer <api key>` and a JSON
+/// `body` — and read the token from the answer.
+pub fn send_mint(who: &str, url: String, api_key: &str, body: String) -> Result<Minted, Error> {
+    let json = || b"application/json".to_vec();
+    let outgoing = http::OutgoingRequest {
+        method: "POST".into(),
+        url,
+        headers: vec![
+            Header {
+                name: "Authorization".into(),
+                value: format!("Bearer {api_key}").into_bytes(),
+            },
+            Header {
+                name: "Content-Type".into(),
+                value: json(),
+            },
+            Header {
+                name: "Accept".into(),
+                value: json(),
+            },
+        ],
+        body: Some(body.into_bytes()),
+        timeout_ms: Some(MINT_TIMEOUT_MS),
+    };
+    let resp = http::send(&outgoing)
+        .map_err(|e| Error::Unavailable(format!("{who}: mint request failed: {e}")))?;
+    parse_mint_response(who, resp.status, &resp.body, now_secs()).map_err(Error::Unavailable)
+}
+
+/// `sign-request` for both modules: the token from the shared slot (one replica mints at
+/// a time), sent as `Authorization: Bearer <token>`.
+pub fn sign(
+    who: &'static str,
+    mut req: Request,
+    mint: impl FnOnce(&Request) -> Result<Minted, Error>,
+) -> Result<Request, Error> {
+    let slot = Slot {
+        who,
+        key: TOKEN_KEY,
+        lock: LOCK_KEY,
+        timeout_message: "Timed out waiting for peer to mint Groww token".into(),
+    };
+    let token = slot.get_or_mint(&HostKv, std::thread::sleep, || mint(&req))?;
+    set_header(
+        &mut req.headers,
+        "Authorization",
+        format!("Bearer {token}").as_bytes(),
+    );
+    Ok(req)
+}
+
+/// `on-response` for both modules: a status in `invalidate_on` drops the token and asks
+/// the host to retry once with a fresh one (D17).
+pub fn on_response(
+    who: &'static str,
+    config: &str,
+    status: u16,
+    default_invalidate_on: &[u16],
+) -> Result<Verdict, Error> {
+    let cfg = Config::parse(config, who)?;
+    if !cfg.invalidate_on(default_invalidate_on)?.contains(&status) {
+        return Ok(Verdict::Accept);
+    }
+    kv::delete(TOKEN_KEY).map_err(|e| Error::Unavailable(format!("{who}: state store: {e}")))?;
+    Ok(Verdict::Retry)
 }
 
 #[cfg(test)]

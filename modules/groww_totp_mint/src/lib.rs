@@ -29,16 +29,15 @@ mod mint;
 #[path = "../../totp/src/otp.rs"]
 mod otp;
 
-use mint::{HostKv, Minted, Slot};
+use mint::Minted;
 use outpost_plugin_sdk::{
-    BodyAccess, Config, Error, Guest, Header, ModuleInfo, Request, ResponseHook, ResponseInfo,
-    Verdict, export_module, http, kv, secret, set_header,
+    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
+    export_module, secret,
 };
 
 const WHO: &str = "groww_totp_mint";
 const KEYS: &[&str] = &["api_key_env", "totp_seed_env", "mint_path", "invalidate_on"];
 const INVALIDATE_ON: &[u16] = &[401];
-const MINT_TIMEOUT_MS: u32 = 15_000;
 
 /// The validated configuration with its secrets.
 struct Settings {
@@ -92,30 +91,12 @@ fn mint(s: &Settings, req: &Request) -> Result<Minted, Error> {
     // Whole seconds; the clock is after 1970 on any real host.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let now = groww::now_secs().floor() as u64;
-    let outgoing = http::OutgoingRequest {
-        method: "POST".into(),
-        url: groww::mint_url(&req.scheme, &req.authority, &s.mint_path),
-        headers: vec![
-            Header {
-                name: "Authorization".into(),
-                value: format!("Bearer {}", s.api_key).into_bytes(),
-            },
-            Header {
-                name: "Content-Type".into(),
-                value: b"application/json".to_vec(),
-            },
-            Header {
-                name: "Accept".into(),
-                value: b"application/json".to_vec(),
-            },
-        ],
-        body: Some(mint_body(&code(&s.seed, now)?).into_bytes()),
-        timeout_ms: Some(MINT_TIMEOUT_MS),
-    };
-    let resp = http::send(&outgoing)
-        .map_err(|e| Error::Unavailable(format!("{WHO}: mint request failed: {e}")))?;
-    groww::parse_mint_response(WHO, resp.status, &resp.body, groww::now_secs())
-        .map_err(Error::Unavailable)
+    groww::send_mint(
+        WHO,
+        groww::mint_url(&req.scheme, &req.authority, &s.mint_path),
+        &s.api_key,
+        mint_body(&code(&s.seed, now)?),
+    )
 }
 
 struct GrowwTotpMint;
@@ -129,31 +110,13 @@ impl Guest for GrowwTotpMint {
         })
     }
 
-    fn sign_request(config: String, mut req: Request) -> Result<Request, Error> {
+    fn sign_request(config: String, req: Request) -> Result<Request, Error> {
         let s = settings(&config)?;
-        let slot = Slot {
-            who: WHO,
-            key: groww::TOKEN_KEY,
-            lock: groww::LOCK_KEY,
-            timeout_message: "Timed out waiting for peer to mint Groww token".into(),
-        };
-        let token = slot.get_or_mint(&HostKv, std::thread::sleep, || mint(&s, &req))?;
-        set_header(
-            &mut req.headers,
-            "Authorization",
-            format!("Bearer {token}").as_bytes(),
-        );
-        Ok(req)
+        groww::sign(WHO, req, |req| mint(&s, req))
     }
 
     fn on_response(config: String, resp: ResponseInfo) -> Result<Verdict, Error> {
-        let cfg = Config::parse(&config, WHO)?;
-        if !cfg.invalidate_on(INVALIDATE_ON)?.contains(&resp.status) {
-            return Ok(Verdict::Accept);
-        }
-        kv::delete(groww::TOKEN_KEY)
-            .map_err(|e| Error::Unavailable(format!("{WHO}: state store: {e}")))?;
-        Ok(Verdict::Retry)
+        groww::on_response(WHO, &config, resp.status, INVALIDATE_ON)
     }
 }
 
