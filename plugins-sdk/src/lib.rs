@@ -203,6 +203,23 @@ impl Config {
     }
 }
 
+/// `on-response` for a module with a static credential: there is nothing to drop, so a
+/// status in the config's `invalidate_on` (else `default`) is only reported as
+/// `Invalidated`; anything else is `Accept`.
+pub fn report_rejection(
+    config: &str,
+    who: &'static str,
+    default: &[u16],
+    status: u16,
+) -> Result<Verdict, Error> {
+    let cfg = Config::parse(config, who)?;
+    Ok(if cfg.invalidate_on(default)?.contains(&status) {
+        Verdict::Invalidated
+    } else {
+        Verdict::Accept
+    })
+}
+
 /// A secret by name, `None` when unset, empty, or not declared by the configuration.
 pub fn secret(name: &str) -> Option<String> {
     secrets::get(name).filter(|v| !v.is_empty())
@@ -268,6 +285,22 @@ mod tests {
         set_header(&mut headers, "X-Api-Key", b"k");
         assert_eq!(headers.len(), 2);
         assert_eq!(headers[1].name, "X-Api-Key");
+    }
+
+    #[test]
+    fn static_modules_only_report_rejections() {
+        let v = |cfg: &str, status| report_rejection(cfg, "T", &[401], status).unwrap();
+        assert!(matches!(v("{}", 401), Verdict::Invalidated));
+        assert!(matches!(v("{}", 403), Verdict::Accept));
+        assert!(matches!(
+            v(r#"{"invalidate_on": [403]}"#, 403),
+            Verdict::Invalidated
+        ));
+        assert!(matches!(
+            v(r#"{"invalidate_on": [403]}"#, 401),
+            Verdict::Accept
+        ));
+        assert!(report_rejection(r#"{"invalidate_on": 401}"#, "T", &[401], 401).is_err());
     }
 
     #[test]

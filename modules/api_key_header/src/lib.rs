@@ -10,7 +10,7 @@
 
 use outpost_plugin_sdk::{
     BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module, set_header,
+    export_module, report_rejection, set_header,
 };
 
 const WHO: &str = "ApiKeyHeaderAuth";
@@ -69,14 +69,7 @@ impl Guest for ApiKeyHeader {
     }
 
     fn on_response(config: String, resp: ResponseInfo) -> Result<Verdict, Error> {
-        let cfg = Config::parse(&config, WHO)?;
-        Ok(
-            if cfg.invalidate_on(INVALIDATE_ON)?.contains(&resp.status) {
-                Verdict::Invalidated
-            } else {
-                Verdict::Accept
-            },
-        )
+        report_rejection(&config, WHO, INVALIDATE_ON, resp.status)
     }
 }
 

@@ -10,7 +10,7 @@
 
 use outpost_plugin_sdk::{
     BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module,
+    export_module, report_rejection,
 };
 
 mod query;
@@ -62,14 +62,7 @@ impl Guest for ApiKeyQuery {
     }
 
     fn on_response(config: String, resp: ResponseInfo) -> Result<Verdict, Error> {
-        let cfg = Config::parse(&config, WHO)?;
-        Ok(
-            if cfg.invalidate_on(INVALIDATE_ON)?.contains(&resp.status) {
-                Verdict::Invalidated
-            } else {
-                Verdict::Accept
-            },
-        )
+        report_rejection(&config, WHO, INVALIDATE_ON, resp.status)
     }
 }
 

@@ -29,7 +29,7 @@
 use hmac::{Hmac, Mac};
 use outpost_plugin_sdk::{
     BodyAccess, Config, Error, Guest, Header, ModuleInfo, Request, ResponseHook, ResponseInfo,
-    Verdict, export_module, secret, set_header,
+    Verdict, export_module, report_rejection, secret, set_header,
 };
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -415,14 +415,7 @@ impl Guest for AwsSigV4 {
     }
 
     fn on_response(config: String, resp: ResponseInfo) -> Result<Verdict, Error> {
-        let cfg = Config::parse(&config, WHO)?;
-        Ok(
-            if cfg.invalidate_on(INVALIDATE_ON)?.contains(&resp.status) {
-                Verdict::Invalidated
-            } else {
-                Verdict::Accept
-            },
-        )
+        report_rejection(&config, WHO, INVALIDATE_ON, resp.status)
     }
 }
 

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use outpost_plugin_sdk::{
     BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module, set_header,
+    export_module, report_rejection, set_header,
 };
 
 const WHO: &str = "BasicAuth";
@@ -87,14 +87,7 @@ impl Guest for BasicAuth {
     }
 
     fn on_response(config: String, resp: ResponseInfo) -> Result<Verdict, Error> {
-        let cfg = Config::parse(&config, WHO)?;
-        Ok(
-            if cfg.invalidate_on(INVALIDATE_ON)?.contains(&resp.status) {
-                Verdict::Invalidated
-            } else {
-                Verdict::Accept
-            },
-        )
+        report_rejection(&config, WHO, INVALIDATE_ON, resp.status)
     }
 }
 

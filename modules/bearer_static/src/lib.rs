@@ -7,7 +7,7 @@
 
 use outpost_plugin_sdk::{
     BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module, set_header,
+    export_module, report_rejection, set_header,
 };
 
 const WHO: &str = "BearerStaticAuth";
@@ -56,12 +56,7 @@ impl Guest for BearerStatic {
     }
 
     fn on_response(config: String, resp: ResponseInfo) -> Result<Verdict, Error> {
-        let cfg = Config::parse(&config, WHO)?;
-        Ok(if cfg.invalidate_on(&[401])?.contains(&resp.status) {
-            Verdict::Invalidated
-        } else {
-            Verdict::Accept
-        })
+        report_rejection(&config, WHO, &[401], resp.status)
     }
 }
 

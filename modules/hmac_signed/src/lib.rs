@@ -30,7 +30,7 @@ mod query;
 use hmac::{Hmac, Mac};
 use outpost_plugin_sdk::{
     BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module, set_header,
+    export_module, report_rejection, set_header,
 };
 use query::{append_param, drop_params};
 use sha2::{Sha256, Sha512};
@@ -280,14 +280,7 @@ impl Guest for HmacSigned {
     }
 
     fn on_response(config: String, resp: ResponseInfo) -> Result<Verdict, Error> {
-        let cfg = Config::parse(&config, WHO)?;
-        Ok(
-            if cfg.invalidate_on(INVALIDATE_ON)?.contains(&resp.status) {
-                Verdict::Invalidated
-            } else {
-                Verdict::Accept
-            },
-        )
+        report_rejection(&config, WHO, INVALIDATE_ON, resp.status)
     }
 }
 

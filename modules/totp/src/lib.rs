@@ -20,7 +20,7 @@ mod query;
 use otp::Algorithm;
 use outpost_plugin_sdk::{
     BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module, set_header,
+    export_module, report_rejection, set_header,
 };
 use query::{append_param, drop_params};
 use serde_json::Value;
@@ -165,14 +165,7 @@ impl Guest for Totp {
     }
 
     fn on_response(config: String, resp: ResponseInfo) -> Result<Verdict, Error> {
-        let cfg = Config::parse(&config, WHO)?;
-        Ok(
-            if cfg.invalidate_on(INVALIDATE_ON)?.contains(&resp.status) {
-                Verdict::Invalidated
-            } else {
-                Verdict::Accept
-            },
-        )
+        report_rejection(&config, WHO, INVALIDATE_ON, resp.status)
     }
 }
 
