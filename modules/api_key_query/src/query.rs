@@ -2,8 +2,8 @@
 //! pieces are removed by their decoded name and new ones appended, already
 //! percent-encoded, so the module knows the exact bytes the upstream will receive.
 //!
-//! (The same small file is used by every module that adds query parameters; modules are
-//! independent components, so each carries its own copy.)
+//! One source file, compiled (`#[path]`) into every module that edits queries, since
+//! each module is an independent component.
 
 /// Percent-encode every byte except RFC 3986 unreserved characters (upper-case hex).
 pub fn pct_encode(bytes: &[u8]) -> String {

@@ -26,6 +26,11 @@
 //! removed (and replaced by the module's own where it has them), never signed or
 //! forwarded on the agent's behalf.
 
+// Shared with `api_key_query`: one source file, compiled into each module that needs it.
+// This module only decodes query pieces; the editing helpers go unused here.
+#[allow(dead_code)]
+#[path = "../../api_key_query/src/query.rs"]
+mod query;
 use hmac::{Hmac, Mac};
 use outpost_plugin_sdk::{
     BodyAccess, Config, Error, Guest, Header, ModuleInfo, Request, ResponseHook, ResponseInfo,
@@ -129,33 +134,6 @@ fn aws_encode(bytes: &[u8], keep_slash: bool) -> String {
     out
 }
 
-fn hex_value(c: u8) -> Option<u8> {
-    char::from(c)
-        .to_digit(16)
-        .and_then(|d| u8::try_from(d).ok())
-}
-
-/// Decode a query name or value (`+` is a space; malformed escapes stay literal).
-fn form_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hi = b.get(i + 1).copied().and_then(hex_value);
-            let lo = b.get(i + 2).copied().and_then(hex_value);
-            if let (Some(hi), Some(lo)) = (hi, lo) {
-                out.push((hi << 4) | lo);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    out
-}
-
 /// The canonical URI of the path as sent.
 fn canonical_uri(service: &str, path: &str) -> String {
     let path = if path.is_empty() { "/" } else { path };
@@ -174,8 +152,8 @@ fn canonical_query(query: &str) -> String {
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             (
-                aws_encode(&form_decode(k), false),
-                aws_encode(&form_decode(v), false),
+                aws_encode(&query::pct_decode(k), false),
+                aws_encode(&query::pct_decode(v), false),
             )
         })
         .collect();
