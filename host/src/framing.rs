@@ -117,9 +117,7 @@ impl Scanner {
                     }
                 }
                 State::Body(left) => {
-                    let n = (*left).min(data.len() as u64);
-                    *left -= n;
-                    data = &data[usize::try_from(n).unwrap_or(data.len())..];
+                    data = skip(left, data);
                     if *left == 0 {
                         self.state = State::Head(Vec::new());
                     }
@@ -145,9 +143,7 @@ impl Scanner {
                     }
                 },
                 State::ChunkData(left) => {
-                    let n = (*left).min(data.len() as u64);
-                    *left -= n;
-                    data = &data[usize::try_from(n).unwrap_or(data.len())..];
+                    data = skip(left, data);
                     if *left == 0 {
                         self.state = State::ChunkSize(Vec::new());
                     }
@@ -217,6 +213,13 @@ impl Scanner {
             Some(Err(_)) => State::Off, // hyper refuses an invalid length itself
         }
     }
+}
+
+/// Consume up to `*left` bytes of `data`, returning the rest.
+fn skip<'a>(left: &mut u64, data: &'a [u8]) -> &'a [u8] {
+    let n = (*left).min(data.len() as u64);
+    *left -= n;
+    &data[usize::try_from(n).unwrap_or(data.len())..]
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -45,8 +45,9 @@ pub async fn readyz(
     headers: HeaderMap,
 ) -> Response {
     admitted!(state, peer, headers);
-    let broken: Vec<Value> = state
-        .current()
+    // One generation for the whole answer, even if a reload lands meanwhile.
+    let generation = state.current();
+    let broken: Vec<Value> = generation
         .providers
         .by_name
         .iter()
@@ -71,8 +72,8 @@ pub async fn readyz(
     let ready = store["reachable"] == true;
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
-        "generation": state.current().id,
-        "providers": {"usable": state.current().providers.usable(), "broken": broken},
+        "generation": generation.id,
+        "providers": {"usable": generation.providers.usable(), "broken": broken},
         "state": store,
     });
     let status = if ready {
