@@ -101,6 +101,25 @@ pub enum ProxyError {
     /// A body Outpost had to buffer was larger than allowed (D11).
     #[error("Request body exceeds the limit of {0} bytes")]
     BodyTooLarge(usize),
+    /// The agent stopped sending its request body (a gap longer than the idle timeout).
+    #[error("Request body not received: nothing arrived for {} s", .0.as_secs_f64())]
+    RequestTimeout(Duration),
+    /// The provider's auth module kept trapping or overrunning its deadlines and is
+    /// disabled by the circuit breaker until `retry_after`.
+    #[error(
+        "Auth module of provider '{provider}' is disabled after {failures} consecutive failures (traps or deadline overruns)"
+    )]
+    ModuleDisabled {
+        /// Provider name.
+        provider: String,
+        /// Consecutive failures that opened the breaker.
+        failures: u32,
+        /// Seconds until a probe call is let through.
+        retry_after: f64,
+    },
+    /// More client connections than `OUTPOST_MAX_CONNECTIONS`; this one is closed.
+    #[error("Too many connections (limit {0}); retry later")]
+    TooManyConnections(usize),
 }
 
 impl ProxyError {
@@ -125,6 +144,9 @@ impl ProxyError {
             Self::StateUnavailable(_) => "PROXY_STATE_UNAVAILABLE",
             Self::IdempotencyMismatch => "PROXY_IDEMPOTENCY_MISMATCH",
             Self::IdempotencyInProgress => "PROXY_IDEMPOTENCY_IN_PROGRESS",
+            Self::RequestTimeout(_) => "PROXY_REQUEST_TIMEOUT",
+            Self::ModuleDisabled { .. } => "PROXY_AUTH_MODULE_DISABLED",
+            Self::TooManyConnections(_) => "PROXY_TOO_MANY_CONNECTIONS",
         }
     }
 
@@ -149,7 +171,55 @@ impl ProxyError {
             Self::StateUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::IdempotencyInProgress => StatusCode::CONFLICT,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::ModuleDisabled { .. } | Self::TooManyConnections(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
+    }
+
+    /// Seconds after which a retry may succeed (`Retry-After`), when there is such a time.
+    fn retry_after(&self) -> Option<f64> {
+        match self {
+            Self::RateLimited { retry_after, .. }
+            | Self::UpstreamRateLimited { retry_after, .. }
+            | Self::ModuleDisabled { retry_after, .. } => Some(*retry_after),
+            Self::TooManyConnections(_) => Some(1.0),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection must be closed after this answer: its framing cannot be
+    /// trusted, or it should not have been served at all.
+    fn closes(&self) -> bool {
+        matches!(
+            self,
+            Self::BadRequest(_) | Self::RequestTimeout(_) | Self::TooManyConnections(_)
+        )
+    }
+
+    /// The whole HTTP/1.1 response, for answering before hyper owns the connection
+    /// (the connection limit).
+    pub fn raw_http1(&self) -> Vec<u8> {
+        let body = envelope(self);
+        let status = self.status();
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if let Some(secs) = self.retry_after()
+            && let Ok(v) = retry_after_header(secs).to_str()
+        {
+            head.push_str(&format!("retry-after: {v}\r\n"));
+        }
+        if self.closes() {
+            head.push_str("connection: close\r\n");
+        }
+        head.push_str("\r\n");
+        head.push_str(&body);
+        head.into_bytes()
     }
 
     /// The `metadata` member.
@@ -164,6 +234,11 @@ impl ProxyError {
             } => {
                 json!({ "upstream_body": upstream_body, "retry_after": round3(*retry_after) })
             }
+            Self::ModuleDisabled {
+                provider,
+                retry_after,
+                ..
+            } => json!({ "provider": provider, "retry_after": round3(*retry_after) }),
             _ => Value::Null,
         }
     }
@@ -223,14 +298,11 @@ impl IntoResponse for ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if matches!(self, Self::BadRequest(_)) {
-            // The rest of the connection cannot be trusted to be framed as the agent meant.
+        if self.closes() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let Self::RateLimited { retry_after, .. }
-        | Self::UpstreamRateLimited { retry_after, .. } = &self
-        {
-            headers.insert(header::RETRY_AFTER, retry_after_header(*retry_after));
+        if let Some(secs) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, retry_after_header(secs));
         }
         if matches!(self, Self::AuthRequired { .. }) {
             headers.insert(
@@ -292,5 +364,27 @@ mod tests {
             r#"X-Outpost-Auth realm="outpost""#
         );
         assert_eq!(r.headers()["content-type"], "application/json");
+    }
+
+    #[test]
+    fn raw_responses_match_the_envelope() {
+        let e = ProxyError::TooManyConnections(2);
+        let raw = String::from_utf8(e.raw_http1()).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("connection: close") && head.contains("retry-after: 1"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert_eq!(body, envelope(&e));
+        let d = ProxyError::ModuleDisabled {
+            provider: "p".into(),
+            failures: 3,
+            retry_after: 12.5,
+        };
+        let r = d.into_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "12");
     }
 }

@@ -13,6 +13,7 @@
 //! - [`providers`] — loading providers and their modules;
 //! - [`config`] — settings, provider YAML, hosts.yaml;
 //! - [`state`] — key-value state (embedded; Redis to scale out);
+//! - [`plugin`] — `outpost plugin new|inspect`, tools for plugin authors (not on the request path);
 //! - [`error`] — every wire error, mapped in one place.
 
 pub mod builtin;
@@ -23,6 +24,7 @@ pub mod framing;
 pub mod management;
 pub mod metrics;
 pub mod pipeline;
+pub mod plugin;
 pub mod policy;
 pub mod providers;
 pub mod runtime;

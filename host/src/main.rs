@@ -1,5 +1,5 @@
 //! The `outpost` command: `serve` runs the proxy, `check` validates configuration
-//! offline.
+//! offline, `plugin new`/`plugin inspect` help plugin authors.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -27,6 +27,28 @@ enum Command {
     Serve(Flags),
     /// Validate providers, hosts, plugins and settings offline; exit non-zero on any problem.
     Check(Flags),
+    /// Tools for plugin authors.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Create a Rust plugin crate (SDK and WIT vendored) that builds with
+    /// `cargo build --target wasm32-wasip2 --release` and has a passing test.
+    New {
+        /// Crate name: lower-case letters, digits, '_' and '-'.
+        name: String,
+        /// Where to create the crate's directory.
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+    },
+    /// Print the WIT world and version a component implements, what it imports and its
+    /// size; exit non-zero if Outpost would refuse it.
+    Inspect {
+        /// The component (`.wasm`).
+        file: std::path::PathBuf,
+    },
 }
 
 /// Every flag stands for an environment variable and wins over it.
@@ -89,6 +111,18 @@ struct Flags {
     /// Module instances that may exist at once [env: OUTPOST_PLUGIN_MAX_INSTANCES]
     #[arg(long)]
     plugin_max_instances: Option<String>,
+    /// Consecutive traps/deadline overruns that disable a module; 0 never [env: OUTPOST_PLUGIN_TRAP_LIMIT]
+    #[arg(long)]
+    plugin_trap_limit: Option<String>,
+    /// Seconds a disabled module stays disabled before one probe call [env: OUTPOST_PLUGIN_TRAP_COOLDOWN]
+    #[arg(long)]
+    plugin_trap_cooldown: Option<String>,
+    /// Seconds a client has to send its request head [env: OUTPOST_HEADER_TIMEOUT]
+    #[arg(long)]
+    header_timeout: Option<String>,
+    /// Client connections served at once; more get 503 [env: OUTPOST_MAX_CONNECTIONS]
+    #[arg(long)]
+    max_connections: Option<String>,
     /// `text` or `json` [env: OUTPOST_LOG_FORMAT]
     #[arg(long)]
     log_format: Option<String>,
@@ -128,6 +162,10 @@ impl Flags {
             ("OUTPOST_PLUGIN_WALL_MS", self.plugin_wall_ms),
             ("OUTPOST_PLUGIN_MEMORY_MB", self.plugin_memory_mb),
             ("OUTPOST_PLUGIN_MAX_INSTANCES", self.plugin_max_instances),
+            ("OUTPOST_PLUGIN_TRAP_LIMIT", self.plugin_trap_limit),
+            ("OUTPOST_PLUGIN_TRAP_COOLDOWN", self.plugin_trap_cooldown),
+            ("OUTPOST_HEADER_TIMEOUT", self.header_timeout),
+            ("OUTPOST_MAX_CONNECTIONS", self.max_connections),
             ("OUTPOST_LOG_FORMAT", self.log_format),
             ("OUTPOST_STATE_MAX_ENTRIES", self.state_max_entries),
             ("OUTPOST_STATE_MAX_BYTES", self.state_max_bytes),
@@ -179,6 +217,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(flags) => serve(flags).await,
             Command::Check(flags) => check(flags).await,
+            Command::Plugin(cmd) => plugin(cmd),
         }
     })
 }
@@ -247,5 +286,50 @@ async fn check(flags: Flags) -> ExitCode {
     } else {
         println!("{} problem(s) found", problems.len());
         ExitCode::FAILURE
+    }
+}
+
+fn plugin(cmd: PluginCommand) -> ExitCode {
+    use outpost::plugin;
+    match cmd {
+        PluginCommand::New { name, dir } => match plugin::scaffold(&dir, &name) {
+            Ok((root, files)) => {
+                for f in files {
+                    println!("created {}", f.display());
+                }
+                println!(
+                    "\nnext:\n  cd {}\n  cargo test\n  cargo build --target wasm32-wasip2 --release\n  \
+                     outpost plugin inspect target/wasm32-wasip2/release/{}.wasm",
+                    root.display(),
+                    name.replace('-', "_")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        PluginCommand::Inspect { file } => {
+            let env = ProcessEnv;
+            let limits = match settings(&env) {
+                Ok(s) => s.module_limits,
+                Err(code) => return code,
+            };
+            match plugin::inspect(&file, &limits) {
+                Ok((report, ok)) => {
+                    print!("{report}");
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

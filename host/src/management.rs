@@ -58,6 +58,23 @@ pub async fn readyz(
                 .map(|reason| json!({"name": name, "reason": reason}))
         })
         .collect();
+    let now = std::time::Instant::now();
+    let disabled: Vec<Value> = generation
+        .providers
+        .by_name
+        .iter()
+        .filter_map(|(name, p)| {
+            let signer = p.signer.as_ref().ok()?;
+            let open = signer.breaker.open(now)?;
+            Some(json!({
+                "name": name,
+                "module": signer.module.name,
+                "reason": "circuit breaker open after repeated traps or deadline overruns",
+                "consecutive_failures": open.failures,
+                "retry_in_s": (open.retry_in.as_secs_f64() * 1000.0).round() / 1000.0,
+            }))
+        })
+        .collect();
     let mut store = match state.state.ping().await {
         Ok(()) => json!({"backend": state.state.kind(), "reachable": true}),
         Err(e) => {
@@ -73,7 +90,11 @@ pub async fn readyz(
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
         "generation": generation.id,
-        "providers": {"usable": generation.providers.usable(), "broken": broken},
+        "providers": {
+            "usable": generation.providers.usable(),
+            "broken": broken,
+            "disabled": disabled,
+        },
         "state": store,
     });
     let status = if ready {
@@ -120,6 +141,15 @@ pub async fn metrics(
     headers: HeaderMap,
 ) -> Response {
     admitted!(state, peer, headers);
+    // The breaker's state depends on the clock: sample it now.
+    let now = std::time::Instant::now();
+    for (name, p) in &state.current().providers.by_name {
+        if let Ok(signer) = &p.signer {
+            state
+                .metrics
+                .module_disabled(name, signer.breaker.open(now).is_some());
+        }
+    }
     let mut resp = state.metrics.render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,10 +1,11 @@
 //! Prometheus metrics (`GET /metrics`): requests by provider, status and cache state;
-//! upstream and signer latency; refusals by reason. Labels never carry secrets (D18).
+//! upstream and signer latency; refusals by reason; auth-module failures and the trap
+//! circuit breaker. Labels never carry secrets (D18).
 
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric Outpost exports.
@@ -15,6 +16,8 @@ pub struct Metrics {
     refusals: IntCounterVec,
     upstream: HistogramVec,
     signer: HistogramVec,
+    module_failures: IntCounterVec,
+    module_disabled: IntGaugeVec,
 }
 
 const BUCKETS: &[f64] = &[
@@ -56,6 +59,22 @@ impl Metrics {
             .buckets(BUCKETS.to_vec()),
             &["provider"],
         )?;
+        let module_failures = IntCounterVec::new(
+            Opts::new(
+                "outpost_module_failures_total",
+                "Auth module traps and deadline overruns, by provider",
+            ),
+            &["provider"],
+        )?;
+        let module_disabled = IntGaugeVec::new(
+            Opts::new(
+                "outpost_module_disabled",
+                "1 while a provider's auth module is disabled by the trap circuit breaker",
+            ),
+            &["provider"],
+        )?;
+        registry.register(Box::new(module_failures.clone()))?;
+        registry.register(Box::new(module_disabled.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(refusals.clone()))?;
         registry.register(Box::new(upstream.clone()))?;
@@ -66,6 +85,8 @@ impl Metrics {
             refusals,
             upstream,
             signer,
+            module_failures,
+            module_disabled,
         })
     }
 
@@ -93,6 +114,18 @@ impl Metrics {
         self.signer
             .with_label_values(&[provider])
             .observe(d.as_secs_f64());
+    }
+
+    /// Count an auth-module trap or deadline overrun.
+    pub fn module_failure(&self, provider: &str) {
+        self.module_failures.with_label_values(&[provider]).inc();
+    }
+
+    /// Whether a provider's module is disabled by the circuit breaker right now.
+    pub fn module_disabled(&self, provider: &str, disabled: bool) {
+        self.module_disabled
+            .with_label_values(&[provider])
+            .set(i64::from(disabled));
     }
 
     /// The text exposition format.

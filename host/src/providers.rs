@@ -16,8 +16,10 @@ use crate::config::ConfigError;
 use crate::config::env::Env;
 use crate::config::provider::{self, Parsed, ProviderDef};
 use crate::config::settings::Settings;
+use crate::metrics::Metrics;
+use crate::runtime::breaker::Breaker;
 use crate::runtime::grants::Grants;
-use crate::runtime::{CallEnv, LoadedModule, ModuleInfo, ModuleSource, Runtime};
+use crate::runtime::{CallEnv, CallError, LoadedModule, ModuleInfo, ModuleSource, Runtime};
 use crate::state::StateStore;
 
 /// The original's plugin names (`module:` / `module_ts:` in `groww.yaml`) and the
@@ -52,6 +54,42 @@ pub struct Signer {
     pub info: ModuleInfo,
     /// What its calls may reach.
     pub env: Arc<CallEnv>,
+    /// Disables the module while it keeps trapping.
+    pub breaker: Breaker,
+}
+
+impl Signer {
+    /// Let a module call go ahead, unless the circuit breaker has disabled the module.
+    pub fn admit(&self, provider: &str) -> Result<(), crate::error::ProxyError> {
+        let now = std::time::Instant::now();
+        self.breaker
+            .admit(now)
+            .map_err(|retry_in| crate::error::ProxyError::ModuleDisabled {
+                provider: provider.to_string(),
+                failures: self.breaker.open(now).map_or(0, |o| o.failures),
+                retry_after: retry_in.as_secs_f64(),
+            })
+    }
+
+    /// Count a call's outcome in the breaker. Only the module's own failures — traps,
+    /// CPU and wall-clock overruns — count; an answer (even an error) closes it; a state
+    /// store failure says nothing about the module.
+    pub fn record<T>(&self, provider: &str, outcome: &Result<T, CallError>, metrics: &Metrics) {
+        match outcome {
+            Err(CallError::Trap(_) | CallError::CpuDeadline(_) | CallError::WallDeadline(_)) => {
+                metrics.module_failure(provider);
+                if self.breaker.failure(std::time::Instant::now()) {
+                    tracing::error!(
+                        provider,
+                        module = %self.module.name,
+                        "auth module disabled by the circuit breaker after repeated traps or deadline overruns"
+                    );
+                }
+            }
+            Err(CallError::StateUnavailable(_)) => {}
+            _ => self.breaker.success(),
+        }
+    }
 }
 
 /// One provider: usable, or broken with a reason.
@@ -324,6 +362,7 @@ async fn build_signer(
         config,
         info,
         env,
+        breaker: Breaker::new(ctx.settings.breaker),
     })
 }
 

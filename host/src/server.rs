@@ -221,8 +221,6 @@ async fn proxy(
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most request headers accepted; more → 431.
 pub const MAX_HEADERS: usize = 128;
-/// Time a client has to send its request head.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bind and serve until SIGINT/SIGTERM.
 pub async fn serve(state: AppState) -> Result<(), StartError> {
@@ -234,13 +232,15 @@ pub async fn serve(state: AppState) -> Result<(), StartError> {
     tracing::info!(addr = %bound, providers = ?state.current().providers.usable(), "outpost listening on {bound}");
     let state = Arc::new(state);
     spawn_reloaders(state.clone());
-    let router = app(state);
+    let router = app(state.clone());
+    let max_connections = state.settings.max_connections;
+    let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(state.settings.header_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -258,6 +258,13 @@ pub async fn serve(state: AppState) -> Result<(), StartError> {
                 }
             },
             () = &mut stop => break,
+        };
+        // Connection flood: past the limit, answer 503 and close instead of queueing.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = max_connections, "connection limit reached: refusing a connection");
+            state.metrics.refusal("PROXY_TOO_MANY_CONNECTIONS");
+            tokio::spawn(refuse_connection(stream, max_connections));
+            continue;
         };
         let router = router.clone();
         let verdicts = crate::framing::Verdicts::default();
@@ -289,6 +296,7 @@ pub async fn serve(state: AppState) -> Result<(), StartError> {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
+            drop(permit);
         });
     }
     drop(listener);
@@ -299,6 +307,23 @@ pub async fn serve(state: AppState) -> Result<(), StartError> {
         tracing::warn!("in-flight requests still running after 30 s; exiting");
     }
     Ok(())
+}
+
+/// Answer a connection over the limit with `503 PROXY_TOO_MANY_CONNECTIONS` and close
+/// it, without serving the request (bounded: 500 ms at most).
+async fn refuse_connection(mut stream: tokio::net::TcpStream, limit: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let raw = crate::error::ProxyError::TooManyConnections(limit).raw_http1();
+    let answer = async {
+        stream.write_all(&raw).await?;
+        stream.shutdown().await?;
+        // Drain what the client already sent, so closing does not reset the connection
+        // before it has read the answer.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), answer).await;
 }
 
 /// SIGHUP always reloads; with `OUTPOST_WATCH`, a change to any configuration file does.

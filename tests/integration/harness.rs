@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::Request;
 use axum::response::Response;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -22,7 +23,7 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Build every fixture plugin once (a separate cargo invocation, as a plugin author
+/// Build every fixture plugin (and the SDK's Rust examples) once (a separate cargo invocation, as a plugin author
 /// would) and return the path of `<name>.wasm`.
 pub fn fixture(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -38,10 +39,13 @@ pub fn fixture(name: &str) -> PathBuf {
                 "--target-dir",
             ])
             .arg(&target);
-        for entry in std::fs::read_dir(root().join("tests/fixtures")).expect("fixtures dir") {
-            let entry = entry.expect("entry");
-            let pkg = entry.file_name().to_string_lossy().replace('_', "-");
-            cmd.args(["-p", &pkg]);
+        // The test fixtures and the SDK's Rust example plugins.
+        for dir in ["tests/fixtures", "plugins-sdk/rust"] {
+            for entry in std::fs::read_dir(root().join(dir)).expect("fixtures dir") {
+                let entry = entry.expect("entry");
+                let pkg = entry.file_name().to_string_lossy().replace('_', "-");
+                cmd.args(["-p", &pkg]);
+            }
         }
         cmd.env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env_remove("RUSTFLAGS");
@@ -52,6 +56,53 @@ pub fn fixture(name: &str) -> PathBuf {
     let path = dir.join(format!("{name}.wasm"));
     assert!(path.is_file(), "fixture {} missing", path.display());
     path
+}
+
+/// Build a non-Rust example plugin once with its own toolchain (installed by `.ci/run`)
+/// and return the component's path.
+fn build_with(cell: &'static OnceLock<PathBuf>, program: &str, script: &str, out: &str) -> PathBuf {
+    cell.get_or_init(|| {
+        let dir = root().join("target").join("lang");
+        std::fs::create_dir_all(&dir).expect("target/lang");
+        let path = dir.join(out);
+        let started = Instant::now();
+        let status = Command::new(program)
+            .arg(root().join(script))
+            .arg(&path)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {program} for {script}: {e} (.ci/run installs it)")
+            });
+        assert!(
+            status.success(),
+            "{script} failed (see its output above; .ci/run installs its tools)"
+        );
+        eprintln!("built {out} in {:?}", started.elapsed());
+        path
+    })
+    .clone()
+}
+
+/// The Python `token_mint` example, built with componentize-py.
+pub fn python_example() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    build_with(
+        &BUILT,
+        "bash",
+        "plugins-sdk/python/token_mint/build.sh",
+        "token_mint_py.wasm",
+    )
+}
+
+/// The JavaScript `token_mint` example, built with componentize-js.
+pub fn js_example() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    build_with(
+        &BUILT,
+        "node",
+        "plugins-sdk/js/token_mint/build.mjs",
+        "token_mint_js.wasm",
+    )
 }
 
 /// One request as the mock upstream saw it.
@@ -351,6 +402,23 @@ impl Drop for Outpost {
             }
         }
     }
+}
+
+/// Send raw bytes and read the whole answer (up to 5 s).
+pub async fn raw(outpost: &Outpost, request: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(outpost.addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Status line code of a raw HTTP/1.1 response.
+pub fn status_of(resp: &str) -> u16 {
+    resp.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn client() -> reqwest::Client {

@@ -6,6 +6,8 @@ mod harness;
 
 mod check;
 mod foundation;
+mod hardening;
+mod languages;
 mod modules;
 mod pipeline;
 mod plugins;

@@ -6,25 +6,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::Response;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
-
-async fn raw(outpost: &Outpost, request: &[u8]) -> String {
-    let mut s = tokio::net::TcpStream::connect(outpost.addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// Status line code of a raw HTTP/1.1 response.
-fn status_of(resp: &str) -> u16 {
-    resp.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn path_bypass_table() {

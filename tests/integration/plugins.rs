@@ -221,64 +221,6 @@ async fn second_start_uses_the_compile_cache() {
     eprintln!("start-up: cold {cold:?}, warm {warm:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn hostile_plugins_fail_closed() {
-    let up = Upstream::start().await;
-    let cfg = Config::new()
-        .env("GH_TOKEN", "tok")
-        .env("OUTPOST_PLUGIN_MEMORY_MB", "32");
-    cfg.plugin("fixture_hostile");
-    for mode in ["memory", "retarget", "repath", "panic"] {
-        cfg.provider(
-            &format!("{mode}.yaml"),
-            &format!("name: {mode}\nbase_url: {}\nauth: {{type: plugin, module: fixture_hostile.wasm, config: {{mode: {mode}}}}}\n", up.url()),
-        );
-    }
-    cfg.provider(
-        "ok.yaml",
-        &format!(
-            "name: ok\nbase_url: {}\nauth: {{type: bearer_static, env: GH_TOKEN}}\n",
-            up.url()
-        ),
-    );
-    let outpost = Outpost::start(&cfg);
-    let c = client();
-    for (mode, expect) in [
-        ("memory", "trapped"),
-        ("retarget", "changed the request authority"),
-        ("repath", "changed the request path"),
-        ("panic", "trapped"),
-    ] {
-        let r = c
-            .get(outpost.url("/v1/x"))
-            .header("X-Provider", mode)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 502, "{mode}");
-        let (code, msg, _) = envelope(&r.text().await.unwrap());
-        assert_eq!(code, "PROXY_AUTH_ERROR", "{mode}");
-        assert!(msg.contains(expect), "{mode}: {msg}");
-        let r = c
-            .get(outpost.url("/v1/ok"))
-            .header("X-Provider", "ok")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "still serving after {mode}");
-    }
-    assert!(
-        up.seen().iter().all(|s| s.target == "/v1/ok"),
-        "nothing hostile was forwarded: {:?}",
-        up.seen()
-    );
-    let logs = outpost.stop();
-    assert!(
-        logs.contains("fixture_hostile was told to panic"),
-        "the panic message is logged:\n{logs}"
-    );
-}
-
 fn hup(outpost: &Outpost) {
     let ok = std::process::Command::new("kill")
         .args(["-HUP", &outpost.pid().to_string()])

@@ -78,6 +78,14 @@ pub struct Settings {
     pub state_fail_open: bool,
     /// `OUTPOST_WATCH`: reload when a configuration file changes (D23).
     pub watch: bool,
+    /// `OUTPOST_PLUGIN_TRAP_LIMIT` / `OUTPOST_PLUGIN_TRAP_COOLDOWN`: the circuit breaker
+    /// that disables a module which keeps trapping.
+    pub breaker: crate::runtime::breaker::BreakerConfig,
+    /// `OUTPOST_HEADER_TIMEOUT`: time a client has to send its request head.
+    pub header_timeout: Duration,
+    /// `OUTPOST_MAX_CONNECTIONS`: client connections served at once; more are answered
+    /// 503 and closed.
+    pub max_connections: usize,
 }
 
 /// The variables [`Settings::from_env`] reads, for `--help` and docs.
@@ -106,6 +114,10 @@ pub const VARIABLES: &[&str] = &[
     "OUTPOST_STATE_MAX_BYTES",
     "OUTPOST_STATE_FAIL_OPEN",
     "OUTPOST_WATCH",
+    "OUTPOST_PLUGIN_TRAP_LIMIT",
+    "OUTPOST_PLUGIN_TRAP_COOLDOWN",
+    "OUTPOST_HEADER_TIMEOUT",
+    "OUTPOST_MAX_CONNECTIONS",
 ];
 
 struct Reader<'a> {
@@ -234,6 +246,17 @@ impl Settings {
             log_format,
             state_fail_open: r.parse("OUTPOST_STATE_FAIL_OPEN", false, "true or false"),
             watch: r.parse("OUTPOST_WATCH", false, "true or false"),
+            breaker: crate::runtime::breaker::BreakerConfig {
+                limit: r.parse(
+                    "OUTPOST_PLUGIN_TRAP_LIMIT",
+                    5,
+                    "a number of consecutive failures (0 disables the breaker)",
+                ),
+                cooldown: r.seconds("OUTPOST_PLUGIN_TRAP_COOLDOWN", 30.0),
+            },
+            header_timeout: r.seconds("OUTPOST_HEADER_TIMEOUT", 10.0),
+            max_connections: usize::try_from(r.positive("OUTPOST_MAX_CONNECTIONS", 1024))
+                .unwrap_or(usize::MAX),
             state_caps: crate::state::Caps {
                 entries: usize::try_from(r.positive("OUTPOST_STATE_MAX_ENTRIES", 10_000))
                     .unwrap_or(usize::MAX),

@@ -75,6 +75,10 @@ pub async fn forward(
     let response = match tokio::time::timeout(timeout, state.client.request(request)).await {
         Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
         Ok(Err(e)) => {
+            if let Some(idle) = super::is_body_idle(&e) {
+                tracing::warn!(provider = %provider.def.name, "the agent stalled its request body; upstream request aborted");
+                return Err(ProxyError::RequestTimeout(idle));
+            }
             if is_timeout(&e) {
                 return Err(ProxyError::UpstreamTimeout(state.settings.connect_timeout));
             }
@@ -256,11 +260,15 @@ async fn tell_module(
             .collect(),
         body: body.map(|b| b.to_vec()),
     };
-    match state
+    if signer.admit(&provider.def.name).is_err() {
+        return Verdict::Accept;
+    }
+    let outcome = state
         .runtime
         .on_response(&signer.module, signer.env.clone(), &signer.config, &info)
-        .await
-    {
+        .await;
+    signer.record(&provider.def.name, &outcome, &state.metrics);
+    match outcome {
         Ok(Verdict::Accept) => Verdict::Accept,
         Ok(v) => {
             tracing::info!(provider = %provider.def.name, status = info.status,

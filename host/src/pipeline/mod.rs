@@ -77,6 +77,40 @@ fn request_id() -> String {
     format!("{boot:x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The agent went quiet in the middle of its request body.
+#[derive(Debug, thiserror::Error)]
+#[error("the agent sent no request body bytes for {} s", .0.as_secs_f64())]
+pub struct BodyIdle(pub Duration);
+
+/// Whether `e` (or what caused it) is a [`BodyIdle`].
+pub fn is_body_idle(e: &(dyn std::error::Error + 'static)) -> Option<Duration> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(idle) = err.downcast_ref::<BodyIdle>() {
+            return Some(idle.0);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Slow-body defence: fail the request body when the agent sends nothing for `idle`
+/// (`OUTPOST_IDLE_TIMEOUT`), whether Outpost buffers it or streams it upstream. Slow
+/// request heads are bounded by the server's header timeout instead.
+fn guard_request_body(body: Body, idle: Duration) -> Body {
+    use futures_util::StreamExt;
+    let stream =
+        futures_util::stream::unfold(Some(body.into_data_stream()), move |state| async move {
+            let mut data = state?;
+            match tokio::time::timeout(idle, data.next()).await {
+                Ok(Some(item)) => Some((item, Some(data))),
+                Ok(None) => None,
+                Err(_) => Some((Err(axum::Error::new(BodyIdle(idle))), None)),
+            }
+        });
+    Body::from_stream(stream)
+}
+
 /// Run every phase for one request, then write its log line and metrics.
 pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Body>) -> Response {
     let started = Instant::now();
@@ -128,6 +162,7 @@ async fn run(
     trace: &mut Trace,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
+    let body = guard_request_body(body, state.settings.idle_timeout);
     let ip = client_ip::resolve(peer, &parts.headers, &state.settings.trusted_proxies)?;
     // The configuration generation this request runs on, start to finish (D23).
     let generation = state.current();

@@ -39,6 +39,8 @@ pub async fn buffer(body: Body, limit: usize) -> Result<Bytes, ProxyError> {
                 .is_some()
             {
                 ProxyError::BodyTooLarge(limit)
+            } else if let Some(idle) = super::is_body_idle(e.as_ref()) {
+                ProxyError::RequestTimeout(idle)
             } else {
                 ProxyError::BadRequest(format!("reading the request body: {e}"))
             }
@@ -82,12 +84,20 @@ pub async fn sign(
             .collect(),
         body: buffered.as_ref().map(|b| b.to_vec()),
     };
+    signer.admit(&provider.def.name)?;
     let started = std::time::Instant::now();
-    let signed = state
+    let outcome = state
         .runtime
-        .sign(&signer.module, signer.env.clone(), &signer.config, &signer.info, request)
-        .await
-        .map_err(|e| {
+        .sign(
+            &signer.module,
+            signer.env.clone(),
+            &signer.config,
+            &signer.info,
+            request,
+        )
+        .await;
+    signer.record(&provider.def.name, &outcome, &state.metrics);
+    let signed = outcome.map_err(|e| {
             let msg = signer.env.grants.redact(&e.to_string());
             tracing::warn!(provider = %provider.def.name, module = %signer.module.name, "signing failed: {msg}");
             match e {

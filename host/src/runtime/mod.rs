@@ -7,6 +7,7 @@
 //! between requests), a CPU deadline enforced by epoch interruption, a wall-clock
 //! deadline, and a memory cap. Traps and deadlines become errors, never crashes.
 
+pub mod breaker;
 pub mod cache;
 pub mod grants;
 pub mod host;
@@ -48,6 +49,9 @@ pub use bindings::outpost::auth::types::{
     Verdict,
 };
 
+/// Most core instances one module instance may contain.
+const MAX_CORE_INSTANCES: u32 = 64;
+
 /// How often the epoch ticks; the CPU deadline is checked at this granularity.
 const TICK: Duration = Duration::from_millis(2);
 
@@ -65,6 +69,24 @@ const ALLOWED_IMPORT_PREFIXES: &[&str] = &[
     "wasi:clocks/",
     "wasi:random/",
 ];
+
+/// Whether Outpost provides `import` to auth modules.
+pub fn import_allowed(import: &str) -> bool {
+    ALLOWED_IMPORT_PREFIXES
+        .iter()
+        .any(|p| import.starts_with(p))
+}
+
+/// What `outpost plugin inspect` reports about a component.
+#[derive(Debug)]
+pub struct Inspection {
+    /// Imported interfaces, e.g. `outpost:auth/secrets@0.1.0`.
+    pub imports: Vec<String>,
+    /// Exported names, e.g. `sign-request`.
+    pub exports: Vec<String>,
+    /// `Ok` when Outpost would load it; otherwise why not.
+    pub verdict: Result<(), RuntimeError>,
+}
 
 /// Loading or calling a module failed.
 #[derive(Debug, thiserror::Error)]
@@ -213,11 +235,14 @@ impl Runtime {
         let engine_err = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
         let slots = limits.max_instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
+        // Components from other languages are built of many core modules: a
+        // componentize-py plugin with its WASI imports stubbed out has 38 core instances,
+        // so every slot can hold one that large.
         pool.total_component_instances(slots)
-            .total_core_instances(slots.saturating_mul(8))
+            .total_core_instances(slots.saturating_mul(MAX_CORE_INSTANCES))
             .total_memories(slots.saturating_mul(2))
             .total_tables(slots.saturating_mul(8))
-            .max_core_instances_per_component(32)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES)
             .max_memories_per_component(4)
             .max_tables_per_component(16)
             .max_memory_size(limits.memory_bytes);
@@ -297,24 +322,7 @@ impl Runtime {
             elapsed: started.elapsed(),
         };
 
-        let ty = component.component_type();
-        for (import, _) in ty.imports(&self.engine) {
-            if !ALLOWED_IMPORT_PREFIXES
-                .iter()
-                .any(|p| import.starts_with(p))
-            {
-                return Err(RuntimeError::ForbiddenImport {
-                    module: name.to_string(),
-                    import: import.to_string(),
-                });
-            }
-        }
-        let wrong = |e: wasmtime::Error| RuntimeError::WrongWorld {
-            module: name.to_string(),
-            reason: format!("{e:#}"),
-        };
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong)?;
-        let pre = bindings::ModulePre::new(instance_pre).map_err(wrong)?;
+        let pre = self.vet(name, &component)?;
         tracing::info!(
             module = name,
             from_cache,
@@ -332,6 +340,54 @@ impl Runtime {
             digest,
             report,
             pre,
+        })
+    }
+
+    /// Refuse a component that imports a capability Outpost does not grant, or that
+    /// does not implement the `outpost:auth/module` world; pre-instantiate it otherwise.
+    fn vet(
+        &self,
+        name: &str,
+        component: &Component,
+    ) -> Result<bindings::ModulePre<HostState>, RuntimeError> {
+        let ty = component.component_type();
+        for (import, _) in ty.imports(&self.engine) {
+            if !import_allowed(import) {
+                return Err(RuntimeError::ForbiddenImport {
+                    module: name.to_string(),
+                    import: import.to_string(),
+                });
+            }
+        }
+        let wrong = |e: wasmtime::Error| RuntimeError::WrongWorld {
+            module: name.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.linker.instantiate_pre(component).map_err(wrong)?;
+        bindings::ModulePre::new(instance_pre).map_err(wrong)
+    }
+
+    /// Describe a component for `outpost plugin inspect`: what it imports and exports,
+    /// and whether Outpost would load it (the same checks as [`Runtime::load`]).
+    /// Compiles without the cache. Blocking.
+    pub fn inspect(&self, name: &str, bytes: &[u8]) -> Result<Inspection, RuntimeError> {
+        let component = Component::new(&self.engine, bytes).map_err(|e| RuntimeError::Invalid {
+            module: name.to_string(),
+            reason: format!("{e:#}"),
+        })?;
+        let ty = component.component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        Ok(Inspection {
+            imports,
+            exports,
+            verdict: self.vet(name, &component).map(|_| ()),
         })
     }
 
@@ -436,7 +492,7 @@ impl Runtime {
         };
         let outcome = tokio::time::timeout(wall, fut).await;
         let signed = self.settle(m, &store, outcome)?;
-        check_signed(&req, &signed, info)?;
+        check_signed(&req, &signed, info, store.data().env.max_body_bytes)?;
         Ok(signed)
     }
 
@@ -482,7 +538,12 @@ impl Runtime {
 /// A module may change headers, query and (with `read-write` body access) the body;
 /// never the method, scheme, authority or path (D21). Header names and values must be
 /// valid HTTP, and the query must be valid in a URI.
-fn check_signed(before: &Request, after: &Request, info: &ModuleInfo) -> Result<(), CallError> {
+fn check_signed(
+    before: &Request,
+    after: &Request,
+    info: &ModuleInfo,
+    max_body: usize,
+) -> Result<(), CallError> {
     let refuse = |what: &str| {
         Err(CallError::Refused(format!(
             "module changed the request {what}, which is not allowed"
@@ -503,6 +564,32 @@ fn check_signed(before: &Request, after: &Request, info: &ModuleInfo) -> Result<
     if after.body.is_some() && !matches!(info.body_access, BodyAccess::ReadWrite) {
         return refuse("body (it did not declare body-access read-write)");
     }
+    // A module cannot make Outpost send (or hold) more than an agent could.
+    let header_bytes: usize = after
+        .headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len())
+        .sum();
+    if after.headers.len() > MAX_SIGNED_HEADERS || header_bytes > MAX_SIGNED_HEADER_BYTES {
+        return Err(CallError::Refused(format!(
+            "module returned {} headers ({header_bytes} bytes); the limit is {MAX_SIGNED_HEADERS} headers and {MAX_SIGNED_HEADER_BYTES} bytes",
+            after.headers.len()
+        )));
+    }
+    if after.query.len() > MAX_SIGNED_QUERY_BYTES {
+        return Err(CallError::Refused(format!(
+            "module returned a {}-byte query; the limit is {MAX_SIGNED_QUERY_BYTES} bytes",
+            after.query.len()
+        )));
+    }
+    if let Some(body) = &after.body
+        && body.len() > max_body
+    {
+        return Err(CallError::Refused(format!(
+            "module returned a {}-byte body; the limit is {max_body} bytes (OUTPOST_MAX_BODY_BYTES)",
+            body.len()
+        )));
+    }
     for h in &after.headers {
         if http::HeaderName::from_bytes(h.name.as_bytes()).is_err()
             || http::HeaderValue::from_bytes(&h.value).is_err()
@@ -520,6 +607,13 @@ fn check_signed(before: &Request, after: &Request, info: &ModuleInfo) -> Result<
     }
     Ok(())
 }
+
+/// Most headers a signed request may carry (an agent may send 128).
+const MAX_SIGNED_HEADERS: usize = 256;
+/// Most bytes of header names and values a signed request may carry.
+const MAX_SIGNED_HEADER_BYTES: usize = 256 * 1024;
+/// Longest query a module may return.
+const MAX_SIGNED_QUERY_BYTES: usize = 64 * 1024;
 
 /// RFC 3986 `query` characters (plus `%` for escapes).
 fn is_query_byte(b: u8) -> bool {
@@ -543,6 +637,47 @@ mod tests {
     }
 
     #[test]
+    fn signed_request_size_is_bounded() {
+        let rw = ModuleInfo {
+            body_access: BodyAccess::ReadWrite,
+            response_hook: ResponseHook::None,
+        };
+        let header = |i: usize| Header {
+            name: format!("x-h{i}"),
+            value: b"v".to_vec(),
+        };
+        let many = Request {
+            headers: (0..MAX_SIGNED_HEADERS + 1).map(header).collect(),
+            ..req()
+        };
+        let huge_value = Request {
+            headers: vec![Header {
+                name: "x".into(),
+                value: vec![b'a'; MAX_SIGNED_HEADER_BYTES],
+            }],
+            ..req()
+        };
+        let long_query = Request {
+            query: "a".repeat(MAX_SIGNED_QUERY_BYTES + 1),
+            ..req()
+        };
+        let big_body = Request {
+            body: Some(vec![0; 1025]),
+            ..req()
+        };
+        for bad in [many, huge_value, long_query, big_body] {
+            let e = check_signed(&req(), &bad, &rw, 1024).unwrap_err();
+            assert!(e.to_string().contains("the limit is"), "{e}");
+        }
+        let fits = Request {
+            headers: (0..MAX_SIGNED_HEADERS).map(header).collect(),
+            body: Some(vec![0; 1024]),
+            ..req()
+        };
+        assert!(check_signed(&req(), &fits, &rw, 1024).is_ok());
+    }
+
+    #[test]
     fn signed_request_may_not_change_its_target() {
         let info = ModuleInfo {
             body_access: BodyAccess::None,
@@ -552,7 +687,7 @@ mod tests {
             query: "a=1&sig=ab%20".into(),
             ..req()
         };
-        assert!(check_signed(&req(), &ok, &info).is_ok());
+        assert!(check_signed(&req(), &ok, &info, 1024).is_ok());
         for bad in [
             Request {
                 method: "POST".into(),
@@ -593,7 +728,7 @@ mod tests {
                 ..req()
             },
         ] {
-            assert!(check_signed(&req(), &bad, &info).is_err(), "{bad:?}");
+            assert!(check_signed(&req(), &bad, &info, 1024).is_err(), "{bad:?}");
         }
         let rw = ModuleInfo {
             body_access: BodyAccess::ReadWrite,
@@ -606,7 +741,8 @@ mod tests {
                     body: Some(b"x".to_vec()),
                     ..req()
                 },
-                &rw
+                &rw,
+                1024
             )
             .is_ok()
         );
