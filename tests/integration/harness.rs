@@ -58,51 +58,106 @@ pub fn fixture(name: &str) -> PathBuf {
     path
 }
 
-/// Build a non-Rust example plugin once with its own toolchain (installed by `.ci/run`)
-/// and return the component's path.
-fn build_with(cell: &'static OnceLock<PathBuf>, program: &str, script: &str, out: &str) -> PathBuf {
+/// Build a non-Rust example plugin once with its own toolchain and return the
+/// component's path. `prepare` installs the toolchain if needed (once, even when tests
+/// race) and may return a directory to prepend to `PATH`.
+fn build_with(
+    cell: &'static OnceLock<PathBuf>,
+    program: &str,
+    script: &str,
+    out: &str,
+    prepare: impl FnOnce() -> Option<PathBuf>,
+) -> PathBuf {
     cell.get_or_init(|| {
+        let path = prepare();
         let dir = root().join("target").join("lang");
         std::fs::create_dir_all(&dir).expect("target/lang");
-        let path = dir.join(out);
+        let wasm = dir.join(out);
         let started = Instant::now();
-        let status = Command::new(program)
-            .arg(root().join(script))
-            .arg(&path)
+        let mut cmd = Command::new(program);
+        cmd.arg(root().join(script)).arg(&wasm);
+        if let Some(bin) = path {
+            let old = std::env::var_os("PATH").unwrap_or_default();
+            let joined = std::env::join_paths(
+                std::iter::once(bin).chain(std::env::split_paths(&old)),
+            )
+            .expect("PATH");
+            cmd.env("PATH", joined);
+        }
+        let status = cmd
             .status()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {program} for {script}: {e} (.ci/run installs it)")
-            });
-        assert!(
-            status.success(),
-            "{script} failed (see its output above; .ci/run installs its tools)"
-        );
+            .unwrap_or_else(|e| panic!("cannot run {program} for {script}: {e}"));
+        assert!(status.success(), "{script} failed (see its output above)");
         eprintln!("built {out} in {:?}", started.elapsed());
-        path
+        wasm
     })
     .clone()
 }
 
-/// The Python `token_mint` example, built with componentize-py.
-pub fn python_example() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    build_with(
-        &BUILT,
-        "bash",
-        "plugins-sdk/python/token_mint/build.sh",
-        "token_mint_py.wasm",
-    )
+/// Run a setup command, failing the test with its name when it fails.
+fn setup(cmd: &mut Command, what: &str) {
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(status.success(), "{what} failed");
 }
 
-/// The JavaScript `token_mint` example, built with componentize-js.
+/// The Python `token_mint` example, built with componentize-py at the version its
+/// build script pins; installed into `target/lang/venv` from PyPI if the machine lacks it.
+pub fn python_example() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let script = "plugins-sdk/python/token_mint/build.sh";
+    let text = std::fs::read_to_string(root().join(script)).expect("build.sh");
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("COMPONENTIZE_PY_VERSION="))
+        .expect("build.sh pins COMPONENTIZE_PY_VERSION")
+        .trim()
+        .to_string();
+    let installed = Command::new("componentize-py")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&version));
+    let prepare = move || {
+        if installed {
+            return None;
+        }
+        let venv = root().join("target/lang/venv");
+        let bin = venv.join("bin");
+        if !bin.join("componentize-py").is_file() {
+            setup(
+                Command::new("python3").arg("-m").arg("venv").arg(&venv),
+                "python3 -m venv target/lang/venv",
+            );
+            setup(
+                Command::new(bin.join("pip"))
+                    .args(["install", "--quiet", "--disable-pip-version-check"])
+                    .arg(format!("componentize-py=={version}")),
+                "pip install componentize-py",
+            );
+        }
+        Some(bin)
+    };
+    build_with(&BUILT, "bash", script, "token_mint_py.wasm", prepare)
+}
+
+/// The JavaScript `token_mint` example, built with componentize-js (`npm ci` from the
+/// committed lockfile when `node_modules` is missing).
 pub fn js_example() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    build_with(
-        &BUILT,
-        "node",
-        "plugins-sdk/js/token_mint/build.mjs",
-        "token_mint_js.wasm",
-    )
+    let prepare = || {
+        let dir = root().join("plugins-sdk/js/token_mint");
+        if !dir.join("node_modules").is_dir() {
+            setup(
+                Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                    .current_dir(&dir),
+                "npm ci in plugins-sdk/js/token_mint",
+            );
+        }
+        None
+    };
+    build_with(&BUILT, "node", "plugins-sdk/js/token_mint/build.mjs", "token_mint_js.wasm", prepare)
 }
 
 /// One request as the mock upstream saw it.

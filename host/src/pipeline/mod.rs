@@ -96,19 +96,55 @@ pub fn is_body_idle(e: &(dyn std::error::Error + 'static)) -> Option<Duration> {
 
 /// Slow-body defence: fail the request body when the agent sends nothing for `idle`
 /// (`OUTPOST_IDLE_TIMEOUT`), whether Outpost buffers it or streams it upstream. Slow
-/// request heads are bounded by the server's header timeout instead.
-fn guard_request_body(body: Body, idle: Duration) -> Body {
-    use futures_util::StreamExt;
-    let stream =
-        futures_util::stream::unfold(Some(body.into_data_stream()), move |state| async move {
-            let mut data = state?;
-            match tokio::time::timeout(idle, data.next()).await {
-                Ok(Some(item)) => Some((item, Some(data))),
-                Ok(None) => None,
-                Err(_) => Some((Err(axum::Error::new(BodyIdle(idle))), None)),
+/// request heads are bounded by the server's header timeout instead. Length and
+/// end-of-stream are those of the agent's body.
+struct IdleGuarded {
+    inner: Body,
+    idle: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for IdleGuarded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(frame)
             }
-        });
-    Body::from_stream(stream)
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyIdle(this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn guard_request_body(body: Body, idle: Duration) -> Body {
+    if http_body::Body::is_end_stream(&body) {
+        return body;
+    }
+    Body::new(IdleGuarded {
+        inner: body,
+        idle,
+        timer: Box::pin(tokio::time::sleep(idle)),
+    })
 }
 
 /// Run every phase for one request, then write its log line and metrics.
@@ -286,6 +322,10 @@ fn fail_open<T>(state: &AppState, r: Result<T, ProxyError>) -> Result<Option<T>,
     }
 }
 
+/// Largest request body held in memory so a request can be retried with a fresh
+/// credential (D17).
+const REPLAY_HOLD_BYTES: u64 = 64 * 1024;
+
 /// Phases 10–12 (rate limit, headers, sign, forward), with one retry when the module asks.
 async fn upstream(
     state: &AppState,
@@ -307,6 +347,21 @@ async fn upstream(
         .await,
     )?;
     let headers = headers::outbound(&parts.headers, &provider.def.default_headers);
+    // A module that may ask for a retry (D17) can only get one if the body can be sent
+    // again: hold small bodies of known length; larger ones stream and are not retried.
+    let (body, held) = match held {
+        None if provider.signer.info.response_hook != crate::runtime::ResponseHook::None
+            && parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|n| n > 0 && n <= REPLAY_HOLD_BYTES) =>
+        {
+            let bytes = sign::buffer(body, REPLAY_HOLD_BYTES as usize).await?;
+            (Body::from(bytes.clone()), Some(bytes))
+        }
+        held => (body, held),
+    };
     let empty_body = http_body::Body::is_end_stream(&body);
     let signed = sign::sign(
         state,
