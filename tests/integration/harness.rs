@@ -78,10 +78,9 @@ fn build_with(
         cmd.arg(root().join(script)).arg(&wasm);
         if let Some(bin) = path {
             let old = std::env::var_os("PATH").unwrap_or_default();
-            let joined = std::env::join_paths(
-                std::iter::once(bin).chain(std::env::split_paths(&old)),
-            )
-            .expect("PATH");
+            let joined =
+                std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&old)))
+                    .expect("PATH");
             cmd.env("PATH", joined);
         }
         let status = cmd
@@ -157,7 +156,13 @@ pub fn js_example() -> PathBuf {
         }
         None
     };
-    build_with(&BUILT, "node", "plugins-sdk/js/token_mint/build.mjs", "token_mint_js.wasm", prepare)
+    build_with(
+        &BUILT,
+        "node",
+        "plugins-sdk/js/token_mint/build.mjs",
+        "token_mint_js.wasm",
+        prepare,
+    )
 }
 
 /// One request as the mock upstream saw it.

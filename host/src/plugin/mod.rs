@@ -124,7 +124,8 @@ fn capability(import: &str) -> &'static str {
         i if i.starts_with("wasi:random/") => "randomness",
         i if i.starts_with("wasi:clocks/") => "clocks",
         "wasi:cli/stderr" => "stderr (goes to Outpost's log, redacted)",
-        "wasi:cli/stdout" | "wasi:cli/stdin" => "stdio (empty)",
+        "wasi:cli/stdout" => "stdout (discarded)",
+        "wasi:cli/stdin" => "stdin (empty)",
         "wasi:cli/environment" => "environment (always empty)",
         "wasi:cli/exit" => "exit (ends the call)",
         i if i.starts_with("wasi:cli/terminal-") => "terminal info (none)",
@@ -153,11 +154,12 @@ pub fn inspect(path: &Path, limits: &ModuleLimits) -> Result<(String, bool), Plu
     let mut out = String::new();
     let size = bytes.len();
     let _ = writeln!(out, "file:     {}", path.display());
-    let _ = writeln!(
-        out,
-        "size:     {size} bytes ({:.1} KiB)",
-        size as f64 / 1024.0
-    );
+    let human = if size >= 1024 * 1024 {
+        format!("{:.1} MiB", size as f64 / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} KiB", size as f64 / 1024.0)
+    };
+    let _ = writeln!(out, "size:     {size} bytes ({human})");
     let _ = writeln!(out, "sha256:   {}", hex::encode(Sha256::digest(&bytes)));
     let _ = writeln!(
         out,
