@@ -22,9 +22,12 @@ pub struct CompileCache {
 
 impl CompileCache {
     /// A cache in `dir` for artefacts of `engine`.
-    pub fn new(dir: PathBuf, engine: &Engine) -> Self {
+    pub fn new(dir: PathBuf, engine: &Engine, memory_bytes: usize) -> Self {
         let mut h = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
+        // The memory cap shapes the pooling allocator's memory layout, which compiled
+        // code depends on; an artefact compiled under another cap is unusable.
+        memory_bytes.hash(&mut h);
         env!("CARGO_PKG_VERSION").hash(&mut h);
         Self {
             dir,
