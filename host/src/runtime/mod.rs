@@ -272,7 +272,8 @@ impl Runtime {
                 }
             })
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?;
-        let cache = cache_dir.map(|dir| cache::CompileCache::new(dir, &engine, limits.memory_bytes));
+        let cache =
+            cache_dir.map(|dir| cache::CompileCache::new(dir, &engine, limits.memory_bytes));
         Ok(Self {
             engine,
             linker,
