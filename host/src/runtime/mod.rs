@@ -497,6 +497,17 @@ impl Runtime {
         Ok(signed)
     }
 
+    /// Instantiate `m` once and keep the instance, so a benchmark can measure what the
+    /// proxy's fresh instance per call costs. The proxy itself never reuses instances.
+    #[doc(hidden)]
+    pub async fn reused(&self, m: &LoadedModule, env: Arc<CallEnv>) -> Result<Reused, CallError> {
+        let mut store = self.store(env);
+        match m.pre.instantiate_async(&mut store).await {
+            Ok(instance) => Ok(Reused { store, instance }),
+            Err(e) => Err(self.trap(m, &store, e)),
+        }
+    }
+
     /// Run `on-response`.
     pub async fn on_response(
         &self,
@@ -532,6 +543,31 @@ impl Runtime {
         match (result, &store.data().state_failure) {
             (Err(_), Some(state)) => Err(CallError::StateUnavailable(state.clone())),
             (r, _) => r,
+        }
+    }
+}
+
+/// A module instance kept across calls, for benchmarks only (see [`Runtime::reused`]).
+#[doc(hidden)]
+pub struct Reused {
+    store: Store<HostState>,
+    instance: bindings::Module,
+}
+
+impl Reused {
+    /// Run `sign-request` in the kept instance (budgets restart with each call).
+    pub async fn sign(&mut self, config: &str, req: &Request) -> Result<Request, String> {
+        let data = self.store.data_mut();
+        data.started = Instant::now();
+        data.io_time = Duration::ZERO;
+        match self
+            .instance
+            .call_sign_request(&mut self.store, config, req)
+            .await
+        {
+            Ok(Ok(signed)) => Ok(signed),
+            Ok(Err(e)) => Err(module_error_text(&e).to_string()),
+            Err(e) => Err(format!("{e:#}")),
         }
     }
 }

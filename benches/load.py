@@ -1,0 +1,472 @@
+#!/usr/bin/env python3
+"""Outpost load benchmark (issue 8). Reports numbers and budget verdicts; never gates CI.
+
+Everything runs on loopback on this machine, in one run, so ratios compare like with like:
+
+* an upstream: nginx answering a small JSON body, a token endpoint and a 10 MB file;
+* nginx as a plain reverse proxy that adds a static `Authorization` header: the reference
+  for what a reverse proxy costs here;
+* `outpost` (release build) with providers for each scenario, on the embedded store, and a
+  second one on Redis for the rate-limited scenario;
+* wrk as the load generator (throughput at full load; latency at a paced ~800 req/s).
+
+Then start-up time (cold: empty compile cache; warm), idle and peak RSS, RSS over a soak at
+500 req/s, and the signer p99 from the micro-benchmark (`cargo bench --bench micro`).
+
+Needs: wrk, nginx, redis-server (Debian packages; `--install` apt-installs them).
+
+    benches/load.py                      # full run (10-minute soak)
+    benches/load.py --soak-seconds 60    # shorter soak
+    benches/load.py --quick              # 3 s per scenario, 30 s soak, for trying it out
+"""
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-token-value"
+
+NGINX_CONF = """
+worker_processes {workers};
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/t-body; proxy_temp_path {dir}/t-proxy;
+  fastcgi_temp_path {dir}/t-fcgi; uwsgi_temp_path {dir}/t-uwsgi; scgi_temp_path {dir}/t-scgi;
+  keepalive_requests 10000000;
+  upstream backend {{ server 127.0.0.1:{up}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{up};
+    location = /token {{
+      default_type application/json;
+      return 200 '{{"access_token":"bench-oauth-token","expires_in":3600,"token_type":"Bearer"}}';
+    }}
+    location = /big {{ alias {dir}/big.bin; }}
+    location / {{ default_type application/json; return 200 '{{"ok":true,"items":[1,2,3]}}'; }}
+  }}
+  server {{
+    listen 127.0.0.1:{proxy};
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer {token}";
+    }}
+  }}
+}}
+"""
+
+WRK_LUA = """
+local provider = os.getenv("BENCH_PROVIDER") or ""
+if provider ~= "" then wrk.headers["X-Provider"] = provider end
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+if pause > 0 then
+  delay = function() return pause end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests":%d,"duration_us":%d,"bytes":%d,"errors":%d,"status_errors":%d,' ..
+    '"p50":%d,"p99":%d,"p999":%d,"max":%d}\\n',
+    summary.requests, summary.duration, summary.bytes,
+    e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max))
+end
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.01)
+    raise SystemExit(f"nothing listening on port {port} after {timeout} s")
+
+
+def rss_kib(pid, field="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def providers_yaml(up):
+    base = f"http://127.0.0.1:{up}"
+    fwd = "forwarding: {mode: transparent, treat_writes_as_sensitive: false}"
+    rules = "\n".join(
+        f"    - {{method: GET, pattern: /v{i}/orgs/*/repos/**/items/{{id}}, category: c{i}}}"
+        for i in range(50)
+    )
+    return {
+        "none": f"name: none\nbase_url: {base}\nauth: {{type: none}}\n{fwd}\n",
+        "bearer": f"name: bearer\nbase_url: {base}\nauth: {{type: bearer_static, env: BENCH_TOKEN}}\n{fwd}\n",
+        "hmac": f"name: hmac\nbase_url: {base}\nauth: {{type: hmac_signed, key_env: BENCH_USER, secret_env: BENCH_TOKEN}}\n{fwd}\n",
+        "oauth2": (
+            f"name: oauth2\nbase_url: {base}\nauth: {{type: oauth2_client_credentials, "
+            f"client_id_env: BENCH_USER, client_secret_env: BENCH_TOKEN, token_url: {base}/token}}\n{fwd}\n"
+        ),
+        "allow50": (
+            f"name: allow50\nbase_url: {base}\nauth: {{type: bearer_static, env: BENCH_TOKEN}}\n"
+            f"forwarding:\n  mode: allowlist\n  allow:\n{rules}\n"
+        ),
+        "ratelimited": (
+            f"name: ratelimited\nbase_url: {base}\nauth: {{type: bearer_static, env: BENCH_TOKEN}}\n"
+            f"forwarding:\n  mode: transparent\n  treat_writes_as_sensitive: false\n"
+            f"  rate_limits:\n    default: [{{capacity: 1000000000, window_ms: 1000}}, {{capacity: 1000000000, window_ms: 60000}}]\n"
+        ),
+        # The rest exist so that start-up loads every built-in module.
+        "apikey": f"name: apikey\nbase_url: {base}\nauth: {{type: api_key_header, env: BENCH_TOKEN, header: X-Key}}\n",
+        "apiquery": f"name: apiquery\nbase_url: {base}\nauth: {{type: api_key_query, env: BENCH_TOKEN, param: k}}\n",
+        "basic": f"name: basic\nbase_url: {base}\nauth: {{type: basic_auth, username_env: BENCH_USER, password_env: BENCH_TOKEN}}\n",
+        "custom": f"name: custom\nbase_url: {base}\nauth: {{type: custom_headers, headers: {{X-A: {{env: BENCH_TOKEN}}}}}}\n",
+        "redistok": f"name: redistok\nbase_url: {base}\nauth: {{type: bearer_redis, redis_key: 'redistok:token', env_seed: BENCH_TOKEN}}\n",
+        "aws": (
+            f"name: aws\nbase_url: {base}\nauth: {{type: aws_sigv4, service: s3, region: eu-west-1, "
+            f"access_key_id_env: BENCH_USER, secret_access_key_env: BENCH_TOKEN}}\n"
+        ),
+        "totp": f"name: totp\nbase_url: {base}\nauth: {{type: totp, secret_env: BENCH_TOTP, header: X-Otp}}\n",
+        "growwa": (
+            f"name: growwa\nbase_url: {base}\nauth: {{type: groww_approval_mint, api_key_env: BENCH_USER, "
+            f"api_secret_env: BENCH_TOKEN, mint_path: /token}}\n"
+        ),
+        "growwt": (
+            f"name: growwt\nbase_url: {base}\nauth: {{type: groww_totp_mint, api_key_env: BENCH_USER, "
+            f"totp_seed_env: BENCH_TOTP, mint_path: /token}}\n"
+        ),
+    }
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.dir = Path(tempfile.mkdtemp(prefix="outpost-bench-"))
+        self.procs = []
+        self.results = {}
+        self.lines = []
+
+    def say(self, line=""):
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def spawn(self, cmd, env=None, name="proc"):
+        log = open(self.dir / f"{name}.log", "w")
+        p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        return p
+
+    def close(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # --- set-up ---------------------------------------------------------------------
+
+    def build(self):
+        if not self.args.skip_build:
+            subprocess.run(["cargo", "build", "--release", "-p", "outpost"], cwd=ROOT, check=True)
+        self.outpost_bin = ROOT / "target" / "release" / "outpost"
+        if not self.outpost_bin.exists():
+            raise SystemExit(f"{self.outpost_bin} missing: build it with cargo build --release")
+
+    def start_backends(self):
+        self.up, self.proxy = free_port(), free_port()
+        with open(self.dir / "big.bin", "wb") as f:
+            f.write(os.urandom(10 * 1024 * 1024))
+        conf = self.dir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(
+            workers=self.args.nginx_workers, dir=self.dir, up=self.up, proxy=self.proxy, token=TOKEN))
+        self.spawn(["nginx", "-c", str(conf), "-p", str(self.dir)], name="nginx")
+        wait_port(self.up)
+        wait_port(self.proxy)
+        self.redis_port = free_port()
+        self.spawn(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                    "--save", "", "--appendonly", "no"], name="redis")
+        wait_port(self.redis_port)
+        self.cfg = self.dir / "config"
+        (self.cfg / "providers").mkdir(parents=True)
+        (self.cfg / "plugins").mkdir()
+        for name, text in providers_yaml(self.up).items():
+            (self.cfg / "providers" / f"{name}.yaml").write_text(text)
+        (self.cfg / "hosts.yaml").write_text(
+            "hosts:\n  - id: local\n    cidrs: [127.0.0.1/32]\n    can_call_sensitive: true\n")
+
+    def outpost_env(self, port, cache, redis=False):
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PROVIDERS_DIR": str(self.cfg / "providers"),
+            "HOSTS_CONFIG_PATH": str(self.cfg / "hosts.yaml"),
+            "PLUGINS_DIR": str(self.cfg / "plugins"),
+            "OUTPOST_CACHE_DIR": str(cache),
+            "PROXY_HOST": "127.0.0.1",
+            "PROXY_PORT": str(port),
+            "OUTPOST_LOG": "warn",
+            "BENCH_TOKEN": TOKEN,
+            "BENCH_USER": "bench-user",
+            "BENCH_TOTP": "JBSWY3DPEHPK3PXP",
+        }
+        if redis:
+            env["REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
+        return env
+
+    def start_outpost(self, cache, redis=False, name="outpost"):
+        port = free_port()
+        started = time.monotonic()
+        p = self.spawn([str(self.outpost_bin), "serve"], env=self.outpost_env(port, cache, redis), name=name)
+        first = self.first_request(port, started)
+        return p, port, first
+
+    def first_request(self, port, started, timeout=180.0):
+        """Seconds from spawn to the first proxied request answered 200."""
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", "/v1/items", headers={"X-Provider": "bearer"})
+                r = c.getresponse()
+                r.read()
+                c.close()
+                if r.status == 200:
+                    return time.monotonic() - started
+            except OSError:
+                pass
+            time.sleep(0.001)
+        raise SystemExit(f"outpost on port {port} did not answer; see {self.dir}")
+
+    # --- measurements ---------------------------------------------------------------
+
+    def wrk(self, url, provider="", seconds=None, connections=None, threads=2, delay_ms=0):
+        env = dict(os.environ, BENCH_PROVIDER=provider, BENCH_DELAY_MS=str(delay_ms))
+        script = self.dir / "bench.lua"
+        script.write_text(WRK_LUA)
+        seconds = seconds or self.args.seconds
+        connections = connections or self.args.connections
+        out = subprocess.run(
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
+            env=env, capture_output=True, text=True, check=True).stdout
+        line = next(l for l in out.splitlines() if l.startswith("WRK_JSON "))
+        r = json.loads(line[len("WRK_JSON "):])
+        r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+        return r
+
+    def scenario(self, key, label, url, provider="", connections=None):
+        # Warm-up (tokens minted, pools filled), then the measured run.
+        self.wrk(url, provider, seconds=1, connections=connections)
+        r = self.wrk(url, provider, connections=connections)
+        self.results[key] = r
+        errs = r["errors"] + r["status_errors"]
+        self.say(f"| {label} | {r['rps']:,.0f} | {r['p50']/1000:.3f} | {r['p99']/1000:.3f} | "
+                 f"{r['p999']/1000:.3f} | {r['bytes']/ (r['duration_us']/1e6) / 1e6:,.1f} | {errs} |")
+        return r
+
+    def run(self):
+        a = self.args
+        self.build()
+        self.start_backends()
+        cache = self.dir / "cache"
+        cold_proc, _, cold = self.start_outpost(cache, name="outpost-cold")
+        cold_proc.terminate()
+        cold_proc.wait()
+        warm = []
+        for i in range(5):
+            p, _, t = self.start_outpost(cache, name=f"outpost-warm{i}")
+            warm.append(t)
+            p.terminate()
+            p.wait()
+        main, port, _ = self.start_outpost(cache, name="outpost")
+        time.sleep(1)
+        idle_rss = rss_kib(main.pid)
+        redis_outpost, redis_port, _ = self.start_outpost(cache, redis=True, name="outpost-redis")
+
+        o = f"http://127.0.0.1:{port}"
+        self.say(f"### Throughput at full load (wrk -t2 -c{a.connections}, {a.seconds} s each)")
+        self.say()
+        self.say("| scenario | req/s | p50 ms | p99 ms | p99.9 ms | MB/s | errors |")
+        self.say("|---|---|---|---|---|---|---|")
+        self.scenario("direct", "direct to the upstream", f"http://127.0.0.1:{self.up}/v1/items")
+        self.scenario("nginx", "nginx reverse proxy (static Authorization)", f"http://127.0.0.1:{self.proxy}/v1/items")
+        self.scenario("none", "outpost, `none`", f"{o}/v1/items", "none")
+        self.scenario("bearer", "outpost, `bearer_static`", f"{o}/v1/items", "bearer")
+        self.scenario("hmac", "outpost, `hmac_signed` (query)", f"{o}/v1/items?a=1&b=2", "hmac")
+        self.scenario("oauth2", "outpost, `oauth2_client_credentials` (cached token)", f"{o}/v1/items", "oauth2")
+        self.scenario("allow50", "outpost, allowlist of 50 rules (last matches)", f"{o}/v49/orgs/acme/repos/a/b/items/42", "allow50")
+        self.scenario("rl_embedded", "outpost, rate limiter on, embedded store", f"{o}/v1/items", "ratelimited")
+        self.scenario("rl_redis", "outpost, rate limiter on, Redis", f"http://127.0.0.1:{redis_port}/v1/items", "ratelimited")
+        self.scenario("big_direct", "10 MB response, direct", f"http://127.0.0.1:{self.up}/big", connections=4)
+        self.scenario("big", "10 MB response, outpost `none` (streamed)", f"{o}/big", "none", connections=4)
+        peak_rss = rss_kib(main.pid, "VmHWM")
+        redis_outpost.terminate()
+
+        self.say()
+        self.say("### Ratios (same run)")
+        self.say()
+        self.say("| scenario | vs direct | vs nginx |")
+        self.say("|---|---|---|")
+        R = self.results
+        for k in ["nginx", "none", "bearer", "hmac", "oauth2", "allow50", "rl_embedded", "rl_redis"]:
+            self.say(f"| {k} | {R[k]['rps']/R['direct']['rps']:.2f} | {R[k]['rps']/R['nginx']['rps']:.2f} |")
+        self.say(f"| big (MB/s) | {R['big']['bytes']/R['big_direct']['bytes']:.2f} | — |")
+
+        # Latency at a paced rate: 8 connections, each pausing 10 ms between requests
+        # (about 800 req/s in all).
+        self.say()
+        self.say("### Latency at ~800 req/s (wrk -t1 -c8, 10 ms pause per connection)")
+        self.say()
+        self.say("| target | req/s | p50 ms | p99 ms | p99.9 ms |")
+        self.say("|---|---|---|---|---|")
+        paced = {}
+        for key, url, prov in [("direct", f"http://127.0.0.1:{self.up}/v1/items", ""),
+                               ("nginx", f"http://127.0.0.1:{self.proxy}/v1/items", ""),
+                               ("bearer", f"{o}/v1/items", "bearer")]:
+            r = self.wrk(url, prov, seconds=a.seconds, connections=8, threads=1, delay_ms=10)
+            paced[key] = r
+            self.say(f"| {key} | {r['rps']:,.0f} | {r['p50']/1000:.3f} | {r['p99']/1000:.3f} | {r['p999']/1000:.3f} |")
+        added50 = (paced["bearer"]["p50"] - paced["direct"]["p50"])
+        added99 = (paced["bearer"]["p99"] - paced["direct"]["p99"])
+
+        # Soak: RSS over time at ~500 req/s (wrk -c5, 10 ms pause).
+        self.say()
+        self.say(f"### Soak: RSS over {a.soak_seconds} s at ~500 req/s")
+        self.say()
+        env = dict(os.environ, BENCH_PROVIDER="bearer", BENCH_DELAY_MS="10")
+        soak = subprocess.Popen(
+            ["wrk", "-t1", "-c5", f"-d{a.soak_seconds}s", "-s", str(self.dir / "bench.lua"), f"{o}/v1/items"],
+            env=env, stdout=subprocess.PIPE, text=True)
+        samples = []
+        t0 = time.monotonic()
+        while soak.poll() is None:
+            samples.append((time.monotonic() - t0, rss_kib(main.pid)))
+            time.sleep(min(10, max(1, a.soak_seconds / 60)))
+        out = soak.stdout.read()
+        line = next(l for l in out.splitlines() if l.startswith("WRK_JSON "))
+        soak_r = json.loads(line[len("WRK_JSON "):])
+        soak_rps = soak_r["requests"] / (soak_r["duration_us"] / 1e6)
+        # Flat: after the first 10% of the run, RSS stays within 10% of its value then.
+        settled = [r for t, r in samples if t >= a.soak_seconds * 0.1] or [r for _, r in samples]
+        drift = (max(settled) - settled[0]) / settled[0] if settled else 0
+        self.say(f"{soak_rps:,.0f} req/s, {soak_r['errors'] + soak_r['status_errors']} errors; RSS (MiB) every "
+                 f"{samples[1][0] - samples[0][0] if len(samples) > 1 else 0:.0f} s: "
+                 + ", ".join(f"{r/1024:.1f}" for _, r in samples))
+
+        micro = self.signer_p99()
+
+        self.say()
+        self.say("### Start-up and memory")
+        self.say()
+        self.say(f"- cold start (empty compile cache, every built-in compiled) to the first proxied request: {cold*1000:.0f} ms")
+        self.say(f"- warm start (compile cache), median of 5: {statistics.median(warm)*1000:.1f} ms "
+                 f"(all: {', '.join(f'{w*1000:.1f}' for w in warm)})")
+        self.say(f"- idle RSS after start: {idle_rss/1024:.1f} MiB; peak RSS after the load runs: {peak_rss/1024:.1f} MiB")
+
+        budgets = [
+            ("signer p99, fresh instance + sign-request, `bearer_static`", "≤ 20 µs",
+             f"{micro['bearer_static']['p99_us']:.1f} µs", micro["bearer_static"]["p99_us"] <= 20),
+            ("signer p99, fresh instance + sign-request, `hmac_signed`", "≤ 40 µs",
+             f"{micro['hmac_signed']['p99_us']:.1f} µs", micro["hmac_signed"]["p99_us"] <= 40),
+            ("throughput `bearer_static` / nginx", "≥ 0.8", f"{R['bearer']['rps']/R['nginx']['rps']:.2f}",
+             R["bearer"]["rps"] / R["nginx"]["rps"] >= 0.8),
+            ("throughput with rate limiter, embedded / nginx", "≥ 0.7",
+             f"{R['rl_embedded']['rps']/R['nginx']['rps']:.2f}", R["rl_embedded"]["rps"] / R["nginx"]["rps"] >= 0.7),
+            ("throughput with rate limiter, Redis / nginx", "≥ 0.3",
+             f"{R['rl_redis']['rps']/R['nginx']['rps']:.2f}", R["rl_redis"]["rps"] / R["nginx"]["rps"] >= 0.3),
+            ("added latency p50 at ~800 req/s", "≤ 150 µs", f"{added50:.0f} µs", added50 <= 150),
+            ("added latency p99 at ~800 req/s", "≤ 500 µs", f"{added99:.0f} µs", added99 <= 500),
+            ("warm start to first proxied request", "≤ 50 ms", f"{statistics.median(warm)*1000:.1f} ms",
+             statistics.median(warm) <= 0.050),
+            ("idle RSS", "≤ 40 MiB", f"{idle_rss/1024:.1f} MiB", idle_rss <= 40 * 1024),
+            (f"RSS drift over the {a.soak_seconds} s soak", "≤ 10 %", f"{drift*100:.1f} %", drift <= 0.10),
+        ]
+        self.say()
+        self.say("### Budgets")
+        self.say()
+        self.say("| budget | target | measured | verdict |")
+        self.say("|---|---|---|---|")
+        for name, target, value, ok in budgets:
+            self.say(f"| {name} | {target} | {value} | {'PASS' if ok else 'FAIL'} |")
+        if a.report:
+            Path(a.report).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.report).write_text("\n".join(self.lines) + "\n")
+            print(f"\nreport written to {a.report}")
+
+    def signer_p99(self):
+        env = dict(os.environ, OUTPOST_BENCH_P99_ONLY="1")
+        out = subprocess.run(["cargo", "bench", "-p", "outpost", "--bench", "micro"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, check=True).stdout
+        line = next(l for l in out.splitlines() if l.startswith("SIGNER_P99 "))
+        micro = json.loads(line[len("SIGNER_P99 "):])
+        self.say()
+        self.say("### Signer cost (fresh instance + sign-request, 20,000 calls each)")
+        self.say()
+        self.say("| module | p50 µs | p99 µs |")
+        self.say("|---|---|---|")
+        for k, v in micro.items():
+            self.say(f"| `{k}` | {v['p50_us']:.1f} | {v['p99_us']:.1f} |")
+        return micro
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=10, help="seconds per scenario (default 10)")
+    ap.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    ap.add_argument("--soak-seconds", type=int, default=600, help="RSS soak length (default 600)")
+    ap.add_argument("--nginx-workers", type=int, default=2, help="nginx worker processes (default 2)")
+    ap.add_argument("--skip-build", action="store_true", help="use the existing target/release/outpost")
+    ap.add_argument("--quick", action="store_true", help="3 s scenarios, 30 s soak")
+    ap.add_argument("--install", action="store_true", help="apt-get install wrk nginx redis-server first")
+    ap.add_argument("--report", default=str(ROOT / "target" / "bench" / "report.md"),
+                    help="also write the report here (markdown)")
+    a = ap.parse_args()
+    if a.quick:
+        a.seconds, a.soak_seconds = 3, 30
+    if a.install:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk", "nginx", "redis-server"], check=True,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    for tool in ["wrk", "nginx", "redis-server"]:
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not found: apt-get install wrk nginx redis-server (or pass --install)")
+    b = Bench(a)
+    try:
+        b.say(f"Machine: {os.cpu_count()} CPUs; {platform_line()}")
+        b.say()
+        b.run()
+    finally:
+        b.close()
+
+
+def platform_line():
+    try:
+        model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "unknown CPU"
+    return model
+
+
+if __name__ == "__main__":
+    sys.exit(main())

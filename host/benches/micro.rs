@@ -1,0 +1,324 @@
+//! Micro-benchmarks (issue 8). Benchmarks report numbers; they never gate CI.
+//!
+//! - `sign/<module>/fresh`: a fresh instance per call + `sign-request` — what the proxy
+//!   does for every request;
+//! - `sign/<module>/reused`: `sign-request` in one kept instance, to show what
+//!   instantiation costs;
+//! - `route/50-rules`: path canonicalisation + classification against 50 allow rules;
+//! - `rate_limit/{embedded,redis}`: one token-bucket acquire (Redis: a real
+//!   `redis-server` on a free port, skipped with a note when it is not installed).
+//!
+//! After criterion's groups it prints `SIGNER_P99 {json}`: per-call p50/p99 of fresh
+//! instance + `sign-request` over 20,000 calls, the figure the budgets are stated in
+//! (criterion reports means). `benches/load.py` reads that line.
+//!
+//! Run: `cargo bench -p outpost --bench micro` (add `-- --quick` for a shorter run).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use outpost::config::env::{Env, MapEnv};
+use outpost::config::settings::Settings;
+use outpost::runtime::Request;
+use outpost::server::AppState;
+
+/// Providers whose modules sign without the network.
+const PROVIDERS: &[(&str, &str)] = &[
+    ("none", "auth: {type: none}"),
+    (
+        "bearer_static",
+        "auth: {type: bearer_static, env: BENCH_TOKEN}",
+    ),
+    (
+        "api_key_header",
+        "auth: {type: api_key_header, env: BENCH_TOKEN, header: X-Api-Key}",
+    ),
+    (
+        "api_key_query",
+        "auth: {type: api_key_query, env: BENCH_TOKEN, param: api_key}",
+    ),
+    (
+        "basic_auth",
+        "auth: {type: basic_auth, username_env: BENCH_USER, password_env: BENCH_TOKEN}",
+    ),
+    (
+        "custom_headers",
+        "auth: {type: custom_headers, headers: {X-A: {env: BENCH_TOKEN}, X-B: {value: b}}}",
+    ),
+    (
+        "hmac_signed",
+        "auth: {type: hmac_signed, key_env: BENCH_USER, secret_env: BENCH_TOKEN}",
+    ),
+    (
+        "aws_sigv4",
+        "auth: {type: aws_sigv4, service: s3, region: eu-west-1, access_key_id_env: BENCH_USER, secret_access_key_env: BENCH_TOKEN}",
+    ),
+    (
+        "totp",
+        "auth: {type: totp, secret_env: BENCH_TOTP, header: X-Otp}",
+    ),
+];
+
+fn config_dir(redis_url: Option<&str>) -> (tempfile::TempDir, MapEnv) {
+    let dir = tempfile::tempdir().unwrap();
+    let providers = dir.path().join("providers");
+    std::fs::create_dir_all(&providers).unwrap();
+    for (name, auth) in PROVIDERS {
+        std::fs::write(
+            providers.join(format!("{name}.yaml")),
+            format!("name: {name}\nbase_url: https://api.example.com\n{auth}\n"),
+        )
+        .unwrap();
+    }
+    let mut rules = String::from(
+        "name: allow50\nbase_url: https://api.example.com\nauth: {type: none}\nforwarding:\n  mode: allowlist\n  allow:\n",
+    );
+    for i in 0..50 {
+        rules.push_str(&format!(
+            "    - {{method: GET, pattern: /v{i}/orgs/*/repos/**/items/{{id}}, category: c{i}}}\n"
+        ));
+    }
+    rules.push_str("  rate_limits:\n    default: [{capacity: 1000000000, window_ms: 1000}]\n");
+    std::fs::write(providers.join("allow50.yaml"), rules).unwrap();
+    std::fs::write(
+        dir.path().join("hosts.yaml"),
+        "hosts:\n  - id: local\n    cidrs: [127.0.0.1/32]\n",
+    )
+    .unwrap();
+    let mut vars: HashMap<String, String> = [
+        (
+            "PROVIDERS_DIR",
+            dir.path().join("providers").display().to_string(),
+        ),
+        (
+            "HOSTS_CONFIG_PATH",
+            dir.path().join("hosts.yaml").display().to_string(),
+        ),
+        (
+            "PLUGINS_DIR",
+            dir.path().join("plugins").display().to_string(),
+        ),
+        (
+            "OUTPOST_CACHE_DIR",
+            dir.path().join("cache").display().to_string(),
+        ),
+        ("BENCH_TOKEN", "bench-token-value".to_string()),
+        ("BENCH_USER", "bench-user".to_string()),
+        ("BENCH_TOTP", "JBSWY3DPEHPK3PXP".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if let Some(url) = redis_url {
+        vars.insert("REDIS_URL".into(), url.into());
+    }
+    (dir, MapEnv(vars))
+}
+
+async fn app(redis_url: Option<&str>) -> (tempfile::TempDir, AppState) {
+    let (dir, env) = config_dir(redis_url);
+    let settings = Settings::from_env(&env).unwrap();
+    let env: Arc<dyn Env> = Arc::new(env);
+    let (state, problems) = outpost::server::build(settings, env).await.unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    (dir, state)
+}
+
+fn request() -> Request {
+    Request {
+        method: "GET".into(),
+        scheme: "https".into(),
+        authority: "api.example.com".into(),
+        path: "/v1/orgs/acme/repos".into(),
+        query: "per_page=50&page=2".into(),
+        headers: vec![
+            outpost::runtime::Header {
+                name: "accept".into(),
+                value: b"application/json".to_vec(),
+            },
+            outpost::runtime::Header {
+                name: "user-agent".into(),
+                value: b"agent/1.0".to_vec(),
+            },
+        ],
+        body: None,
+    }
+}
+
+fn sign_benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, state: &AppState) {
+    let generation = state.current();
+    let mut group = c.benchmark_group("sign");
+    for (name, _) in PROVIDERS {
+        let signer = generation.providers.by_name[*name].signer.as_ref().unwrap();
+        group.bench_function(format!("{name}/fresh"), |b| {
+            b.to_async(rt).iter(|| async {
+                state
+                    .runtime
+                    .sign(
+                        &signer.module,
+                        signer.env.clone(),
+                        &signer.config,
+                        &signer.info,
+                        request(),
+                    )
+                    .await
+                    .unwrap()
+            })
+        });
+        let reused = Arc::new(tokio::sync::Mutex::new(
+            rt.block_on(state.runtime.reused(&signer.module, signer.env.clone()))
+                .unwrap(),
+        ));
+        group.bench_function(format!("{name}/reused"), |b| {
+            b.to_async(rt).iter(|| async {
+                let req = request();
+                reused
+                    .lock()
+                    .await
+                    .sign(&signer.config, &req)
+                    .await
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn route_bench(c: &mut Criterion, state: &AppState) {
+    let generation = state.current();
+    let def = generation.providers.by_name["allow50"].def.clone().unwrap();
+    // Matches the last of the 50 rules: the worst case.
+    let uri: http::Uri = "/v49/orgs/acme/repos/a/b/%63/items/42?x=1".parse().unwrap();
+    c.bench_function("route/50-rules", |b| {
+        b.iter(|| {
+            let target = outpost::pipeline::path::build(&def, &uri).unwrap();
+            outpost::pipeline::classify::classify(&def, &http::Method::GET, &target).unwrap()
+        })
+    });
+}
+
+fn rate_limit_bench(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    label: &str,
+    state: &AppState,
+) {
+    let generation = state.current();
+    let def = generation.providers.by_name["allow50"].def.clone().unwrap();
+    c.bench_function(&format!("rate_limit/{label}"), |b| {
+        b.to_async(rt).iter(|| async {
+            outpost::pipeline::rate_limit::acquire(&state.state, &def, "c1", Duration::from_secs(1))
+                .await
+                .unwrap()
+        })
+    });
+}
+
+/// A `redis-server` on a free port, or `None` when it is not installed.
+struct Redis(std::process::Child, u16);
+
+impl Redis {
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Redis(child, port))
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Per-call p50/p99 of fresh instance + `sign-request`, in microseconds.
+fn signer_p99(rt: &tokio::runtime::Runtime, state: &AppState) {
+    let generation = state.current();
+    let mut report = serde_json::Map::new();
+    for name in ["none", "bearer_static", "hmac_signed", "aws_sigv4"] {
+        let signer = generation.providers.by_name[name].signer.as_ref().unwrap();
+        let mut samples: Vec<Duration> = rt.block_on(async {
+            let mut out = Vec::with_capacity(20_000);
+            for i in 0..21_000 {
+                let t = Instant::now();
+                state
+                    .runtime
+                    .sign(
+                        &signer.module,
+                        signer.env.clone(),
+                        &signer.config,
+                        &signer.info,
+                        request(),
+                    )
+                    .await
+                    .unwrap();
+                if i >= 1000 {
+                    out.push(t.elapsed());
+                }
+            }
+            out
+        });
+        samples.sort();
+        let us = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+        report.insert(
+            name.into(),
+            serde_json::json!({"p50_us": us(0.5), "p99_us": us(0.99), "calls": samples.len()}),
+        );
+    }
+    println!("SIGNER_P99 {}", serde_json::Value::Object(report));
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_dir, embedded) = rt.block_on(app(None));
+    if std::env::var_os("OUTPOST_BENCH_P99_ONLY").is_some() {
+        signer_p99(&rt, &embedded);
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
+    sign_benches(&mut c, &rt, &embedded);
+    route_bench(&mut c, &embedded);
+    rate_limit_bench(&mut c, &rt, "embedded", &embedded);
+    match Redis::start() {
+        Some(redis) => {
+            let url = format!("redis://127.0.0.1:{}/0", redis.1);
+            let (_dir2, on_redis) = rt.block_on(app(Some(&url)));
+            rate_limit_bench(&mut c, &rt, "redis", &on_redis);
+        }
+        None => eprintln!("redis-server not installed: skipping rate_limit/redis"),
+    }
+    c.final_summary();
+    signer_p99(&rt, &embedded);
+}
