@@ -117,7 +117,7 @@ def providers_yaml(up):
     base = f"http://127.0.0.1:{up}"
     fwd = "forwarding: {mode: transparent, treat_writes_as_sensitive: false}"
     rules = "\n".join(
-        f"    - {{method: GET, pattern: /v{i}/orgs/*/repos/**/items/{{id}}, category: c{i}}}"
+        f"    - {{method: GET, pattern: '/v{i}/orgs/*/repos/**/items/{{id}}', category: c{i}}}"
         for i in range(50)
     )
     return {

@@ -79,7 +79,7 @@ fn config_dir(redis_url: Option<&str>) -> (tempfile::TempDir, MapEnv) {
     );
     for i in 0..50 {
         rules.push_str(&format!(
-            "    - {{method: GET, pattern: /v{i}/orgs/*/repos/**/items/{{id}}, category: c{i}}}\n"
+            "    - {{method: GET, pattern: '/v{i}/orgs/*/repos/**/items/{{id}}', category: c{i}}}\n"
         ));
     }
     rules.push_str("  rate_limits:\n    default: [{capacity: 1000000000, window_ms: 1000}]\n");

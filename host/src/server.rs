@@ -259,6 +259,11 @@ pub async fn serve(state: AppState) -> Result<(), StartError> {
             },
             () = &mut stop => break,
         };
+        // Responses are written as head and body: without TCP_NODELAY, Nagle's algorithm
+        // and the client's delayed ACK stall every keep-alive response by ~40 ms.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
+        }
         // Connection flood: past the limit, answer 503 and close instead of queueing.
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             tracing::warn!(%peer, limit = max_connections, "connection limit reached: refusing a connection");
