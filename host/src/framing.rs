@@ -48,14 +48,31 @@ enum State {
     Head(Vec<u8>),
     /// Skipping a fixed-length body.
     Body(u64),
-    /// Chunked body: collecting a chunk-size line.
-    ChunkSize(Vec<u8>),
+    /// Chunked body: reading a chunk-size line, byte by byte (nothing buffered, so no
+    /// length limit of its own): the size's hex digits so far, whether there was one,
+    /// and whether the digits have ended (an extension or the line end follows).
+    ChunkSize {
+        size: u64,
+        digits: bool,
+        ended: bool,
+    },
     /// Chunked body: skipping chunk data (+ its CRLF).
     ChunkData(u64),
-    /// Chunked body: collecting trailer lines until an empty one.
-    Trailers(Vec<u8>),
+    /// Chunked body: reading trailer lines until an empty one; `blank` while the current
+    /// line has held nothing but `\r`.
+    Trailers { blank: bool },
     /// No more scanning (HTTP/2, unparsable input, or the connection will close).
     Off,
+}
+
+impl State {
+    fn chunk_size() -> Self {
+        State::ChunkSize {
+            size: 0,
+            digits: false,
+            ended: false,
+        }
+    }
 }
 
 /// The byte-level scanner (pure; unit-tested).
@@ -63,6 +80,7 @@ enum State {
 pub struct Scanner {
     state: State,
     verdicts: Verdicts,
+    /// No head has been read yet.
     first: bool,
 }
 
@@ -78,12 +96,6 @@ impl Scanner {
 
     /// Feed bytes read from the client.
     pub fn feed(&mut self, mut data: &[u8]) {
-        if self.first && !data.is_empty() {
-            self.first = false;
-            if data.starts_with(b"PRI ") {
-                self.state = State::Off; // HTTP/2 prior knowledge: framing is binary.
-            }
-        }
         while !data.is_empty() {
             match &mut self.state {
                 State::Off => return,
@@ -101,7 +113,12 @@ impl Scanner {
                     }
                     let before = buf.len();
                     buf.extend_from_slice(data);
-                    match find(buf, b"\r\n\r\n") {
+                    // Only the new bytes (and the three before them) can complete the
+                    // terminator: a head sent a byte at a time costs linear time.
+                    let from = before.saturating_sub(3);
+                    match find(&buf[from..], b"\r\n\r\n").map(|i| i + from) {
+                        // The same limit whether or not the head came in one read.
+                        Some(end) if end + 4 > MAX_SCAN => self.state = State::Off,
                         Some(end) => {
                             let used = end + 4 - before;
                             let head = std::mem::take(buf);
@@ -122,55 +139,67 @@ impl Scanner {
                         self.state = State::Head(Vec::new());
                     }
                 }
-                State::ChunkSize(line) => match data.iter().position(|b| *b == b'\n') {
-                    Some(i) => {
-                        line.extend_from_slice(&data[..i]);
-                        data = &data[i + 1..];
-                        let text = String::from_utf8_lossy(line);
-                        let size = text.split(';').next().unwrap_or("").trim();
-                        self.state = match u64::from_str_radix(size, 16) {
-                            Ok(0) => State::Trailers(Vec::new()),
-                            Ok(n) => State::ChunkData(n.saturating_add(2)),
-                            Err(_) => State::Off,
-                        };
-                    }
-                    None => {
-                        line.extend_from_slice(data);
-                        if line.len() > 1024 {
-                            self.state = State::Off;
-                        }
+                State::ChunkSize {
+                    size,
+                    digits,
+                    ended,
+                } => {
+                    let Some((&b, rest)) = data.split_first() else {
                         return;
+                    };
+                    data = rest;
+                    // Lenient where hyper is strict (it refuses, and closes, anything
+                    // odder), strict only where hyper refuses too: no digit, overflow.
+                    match b {
+                        b'\n' if !*digits => self.state = State::Off,
+                        b'\n' if *size == 0 => self.state = State::Trailers { blank: true },
+                        b'\n' => self.state = State::ChunkData(size.saturating_add(2)),
+                        b' ' | b'\t' if !*digits => {}
+                        _ if *ended => {}
+                        _ => match char::from(b).to_digit(16) {
+                            Some(d) => match size.checked_mul(16) {
+                                Some(v) => {
+                                    *size = v + u64::from(d);
+                                    *digits = true;
+                                }
+                                None => self.state = State::Off,
+                            },
+                            None if *digits => *ended = true,
+                            None => self.state = State::Off,
+                        },
                     }
-                },
+                }
                 State::ChunkData(left) => {
                     data = skip(left, data);
                     if *left == 0 {
-                        self.state = State::ChunkSize(Vec::new());
+                        self.state = State::chunk_size();
                     }
                 }
-                State::Trailers(buf) => match data.iter().position(|b| *b == b'\n') {
-                    Some(i) => {
-                        buf.extend_from_slice(&data[..i]);
-                        data = &data[i + 1..];
-                        let empty = buf.iter().all(|b| *b == b'\r');
-                        buf.clear();
-                        if empty {
-                            self.state = State::Head(Vec::new());
-                        }
-                    }
-                    None => {
-                        buf.extend_from_slice(data);
-                        if buf.len() > MAX_SCAN {
-                            self.state = State::Off;
-                        }
+                State::Trailers { blank } => {
+                    let Some((&b, rest)) = data.split_first() else {
                         return;
+                    };
+                    data = rest;
+                    match b {
+                        b'\n' if *blank => self.state = State::Head(Vec::new()),
+                        b'\n' => *blank = true,
+                        b'\r' => {}
+                        _ => *blank = false,
                     }
-                },
+                }
             }
         }
     }
 
-    fn after_head(&self, head: &[u8]) -> State {
+    fn after_head(&mut self, head: &[u8]) -> State {
+        // HTTP/2 prior knowledge: the preface starts with this "head"; framing is binary
+        // from there on. Judged on the whole head, not on the first read starting with
+        // `PRI `: that let an HTTP/1 request whose method is `PRI` switch the guard off
+        // for the connection, and missed a preface split across reads (found by fuzzing,
+        // fuzz/README.md).
+        if std::mem::take(&mut self.first) && head == b"PRI * HTTP/2.0" {
+            return State::Off;
+        }
         let text = String::from_utf8_lossy(head);
         let mut lengths = Vec::new();
         let mut te: Option<String> = None;
@@ -201,7 +230,7 @@ impl Scanner {
                 .next()
                 .is_some_and(|last| last.trim() == "chunked")
             {
-                State::ChunkSize(Vec::new())
+                State::chunk_size()
             } else {
                 State::Off // hyper refuses this request itself
             };
@@ -333,5 +362,65 @@ mod tests {
             scan(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]),
             Vec::<bool>::new()
         );
+        // Also when the preface arrives in pieces (frames are not heads).
+        let h2: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x12\x04\0\0\0\0\0\r\n\r\n";
+        assert_eq!(scan(&h2.chunks(1).collect::<Vec<_>>()), Vec::<bool>::new());
+    }
+
+    #[test]
+    fn long_chunk_lines_do_not_depend_on_read_sizes() {
+        // A chunk-size line of any length (leading zeros, a long extension) and a long
+        // trailer are followed the same way in one read and a byte at a time, and the
+        // next head is still checked (found by fuzzing, fuzz/README.md).
+        let mut all = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        all.extend(std::iter::repeat_n(b'0', 3000));
+        all.extend(b"3;");
+        all.extend(std::iter::repeat_n(b'x', 3000));
+        all.extend(b"\r\nabc\r\n0\r\nT: ");
+        all.extend(std::iter::repeat_n(b'y', 200_000));
+        all.extend(
+            b"\r\n\r\nGET /b HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(scan(&[&all]), [false, true]);
+        assert_eq!(scan(&all.chunks(1).collect::<Vec<_>>()), [false, true]);
+        assert_eq!(scan(&all.chunks(777).collect::<Vec<_>>()), [false, true]);
+    }
+
+    #[test]
+    fn chunk_sizes_hyper_refuses_end_scanning() {
+        // No digit, or a size beyond u64: hyper refuses the body and closes.
+        for line in [&b"x\r\n"[..], b"\r\n", b"1ffffffffffffffff\r\n"] {
+            let mut all = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            all.extend(line);
+            all.extend(
+                b"GET /b HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            );
+            assert_eq!(
+                scan(&[&all]),
+                [false],
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn a_head_over_the_scan_limit_ends_scanning_in_any_read_size() {
+        let mut all = b"GET /a HTTP/1.1\r\nX: ".to_vec();
+        all.extend(std::iter::repeat_n(b'a', MAX_SCAN));
+        all.extend(b"\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(scan(&[&all]), Vec::<bool>::new());
+        assert_eq!(
+            scan(&all.chunks(1000).collect::<Vec<_>>()),
+            Vec::<bool>::new()
+        );
+    }
+
+    #[test]
+    fn a_pri_method_is_still_http1() {
+        // Only the HTTP/2 preface turns scanning off, not any stream starting `PRI `.
+        let r =
+            scan(&[b"PRI / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"]);
+        assert_eq!(r, [true]);
     }
 }

@@ -21,6 +21,9 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod framing;
+// Fuzz-target bodies for `fuzz/` and their corpus-replay tests; not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod management;
 pub mod metrics;
 pub mod pipeline;

@@ -1,9 +1,11 @@
 //! Parse YAML into typed structs with errors that name the key path and, for unknown
 //! keys, suggest the key that was probably meant.
 
+use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
+use serde_path_to_error::Segment;
 
 use super::error::{ConfigError, did_you_mean};
 
@@ -11,7 +13,7 @@ use super::error::{ConfigError, did_you_mean};
 pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
     let de = serde_yaml_ng::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
+        let segments: Vec<Segment> = e.path().iter().cloned().collect();
         let inner = e.into_inner();
         let line = inner
             .location()
@@ -23,18 +25,35 @@ pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigEr
         let reason = strip_location(strip_path_prefix(&raw));
         let (path, reason) = match explain_unknown_field(reason) {
             // The path ends with the unknown key itself; name the map that holds it.
-            Some(r) => (parent(&path), r),
-            None => (path, reason.to_string()),
+            Some(r) => (key_path(&segments[..segments.len().saturating_sub(1)]), r),
+            None => (key_path(&segments), reason.to_string()),
         };
         ConfigError::new(file, path, format!("{reason}{line}"))
     })
 }
 
-fn parent(path: &str) -> String {
-    match path.rfind('.') {
-        Some(i) => path[..i].to_string(),
-        None => ".".to_string(),
+/// `forwarding.allow[2]`, or `.` for the whole file. Built from the segments rather than
+/// by cutting serde_path_to_error's rendering at a `.` (a key may contain dots: the map
+/// holding the unknown key `h.sts` is the file, not `h`), and cut before the first place
+/// it could not name (it writes `?` there, e.g. for a syntax error): both found by
+/// fuzzing (fuzz/README.md).
+fn key_path(segments: &[Segment]) -> String {
+    let mut out = String::new();
+    for segment in segments {
+        match segment {
+            Segment::Seq { index } => {
+                let _ = write!(out, "[{index}]");
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => break,
+        }
     }
+    if out.is_empty() { ".".to_string() } else { out }
 }
 
 /// serde_yaml_ng prefixes messages with its own rendering of the path
@@ -101,6 +120,17 @@ mod tests {
             err.reason
         );
         assert!(err.reason.contains("line 3"), "{}", err.reason);
+    }
+
+    #[test]
+    fn error_keys_are_places_in_the_file() {
+        // An unknown key with a dot in it is held by the file itself, not by a key `h`.
+        let err = parse::<Outer>(Path::new("x.yaml"), "h.sts: 1\n").expect_err("unknown key");
+        assert_eq!(err.key, ".");
+        assert!(err.reason.contains("unknown key 'h.sts'"), "{}", err.reason);
+        // A syntax error where no key could be read names the nearest known place.
+        let err = parse::<Outer>(Path::new("x.yaml"), ":").expect_err("syntax error");
+        assert_eq!(err.key, ".", "{err}");
     }
 
     #[test]
