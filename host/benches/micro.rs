@@ -2,8 +2,8 @@
 //!
 //! - `sign/<module>/fresh`: a fresh instance per call + `sign-request` — what the proxy
 //!   does for every request;
-//! - `sign/<module>/reused`: `sign-request` in one kept instance, to show what
-//!   instantiation costs;
+//! - `sign/<module>/kept`: `sign-request` in a kept instance, as the proxy runs
+//!   modules that declare themselves stateless (`OUTPOST_PLUGIN_REUSE`);
 //! - `route/50-rules`: path canonicalisation + classification against 50 allow rules;
 //! - `rate_limit/{embedded,redis}`: one token-bucket acquire (Redis: a real
 //!   `redis-server` on a free port, skipped with a note when it is not installed).
@@ -164,22 +164,27 @@ fn sign_benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, state: &AppStat
                         &signer.config,
                         &signer.info,
                         request(),
+                        None,
                     )
                     .await
                     .unwrap()
             })
         });
-        let reused = Arc::new(tokio::sync::Mutex::new(
-            rt.block_on(state.runtime.reused(&signer.module, signer.env.clone()))
-                .unwrap(),
-        ));
-        group.bench_function(format!("{name}/reused"), |b| {
+        // The proxy's path for a module that declares itself stateless: a kept
+        // instance (OUTPOST_PLUGIN_REUSE), fresh only when none is idle.
+        let pool = outpost::runtime::InstancePool::new(u32::MAX);
+        group.bench_function(format!("{name}/kept"), |b| {
             b.to_async(rt).iter(|| async {
-                let req = request();
-                reused
-                    .lock()
-                    .await
-                    .sign(&signer.config, &req)
+                state
+                    .runtime
+                    .sign(
+                        &signer.module,
+                        signer.env.clone(),
+                        &signer.config,
+                        &signer.info,
+                        request(),
+                        Some(&pool),
+                    )
                     .await
                     .unwrap()
             })
@@ -260,39 +265,67 @@ impl Drop for Redis {
     }
 }
 
-/// Per-call p50/p99 of fresh instance + `sign-request`, in microseconds.
+/// Per-call percentiles of fresh instance + `sign-request` (`p99_us`…), and of
+/// `sign-request` in a kept instance (`kept_p99_us`…), in microseconds.
 fn signer_p99(rt: &tokio::runtime::Runtime, state: &AppState) {
     let generation = state.current();
     let mut report = serde_json::Map::new();
-    for name in ["none", "bearer_static", "hmac_signed", "aws_sigv4"] {
+    // `OUTPOST_BENCH_MODULES=none,hmac_signed` narrows the list (e.g. for profiling).
+    let only = std::env::var("OUTPOST_BENCH_MODULES").unwrap_or_default();
+    let names = ["none", "bearer_static", "hmac_signed", "aws_sigv4"];
+    // `OUTPOST_BENCH_CALLS`: measured calls per module (default 20,000).
+    let calls: usize = std::env::var("OUTPOST_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    for name in names
+        .into_iter()
+        .filter(|n| only.is_empty() || only.split(',').any(|o| o == *n))
+    {
         let signer = generation.providers.by_name[name].signer.as_ref().unwrap();
-        let mut samples: Vec<Duration> = rt.block_on(async {
-            let mut out = Vec::with_capacity(20_000);
-            for i in 0..21_000 {
-                let t = Instant::now();
-                state
-                    .runtime
-                    .sign(
-                        &signer.module,
-                        signer.env.clone(),
-                        &signer.config,
-                        &signer.info,
-                        request(),
-                    )
-                    .await
-                    .unwrap();
-                if i >= 1000 {
-                    out.push(t.elapsed());
+        // Fresh instance per call (the budget), then kept instances (stateless reuse).
+        let pool = outpost::runtime::InstancePool::new(u32::MAX);
+        let mut entry = serde_json::Map::new();
+        for (label, pool) in [("", None), ("kept_", Some(&pool))] {
+            let mut samples: Vec<Duration> = rt.block_on(async {
+                let mut out = Vec::with_capacity(calls);
+                for i in 0..calls + 1000 {
+                    let t = Instant::now();
+                    state
+                        .runtime
+                        .sign(
+                            &signer.module,
+                            signer.env.clone(),
+                            &signer.config,
+                            &signer.info,
+                            request(),
+                            pool,
+                        )
+                        .await
+                        .unwrap();
+                    if i >= 1000 {
+                        out.push(t.elapsed());
+                    }
                 }
+                out
+            });
+            if let Ok(dir) = std::env::var("OUTPOST_BENCH_DUMP") {
+                // Per-call durations in call order (ns), to look for periodic outliers.
+                let text: String = samples
+                    .iter()
+                    .map(|d| format!("{}\n", d.as_nanos()))
+                    .collect();
+                std::fs::write(format!("{dir}/{label}{name}.txt"), text).unwrap();
             }
-            out
-        });
-        samples.sort();
-        let us = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
-        report.insert(
-            name.into(),
-            serde_json::json!({"p50_us": us(0.5), "p99_us": us(0.99), "calls": samples.len()}),
-        );
+            samples.sort();
+            let us =
+                |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+            for (key, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
+                entry.insert(format!("{label}{key}_us"), us(p).into());
+            }
+        }
+        entry.insert("calls".into(), calls.into());
+        report.insert(name.into(), entry.into());
     }
     println!("SIGNER_P99 {}", serde_json::Value::Object(report));
 }

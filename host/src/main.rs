@@ -111,6 +111,9 @@ struct Flags {
     /// Module instances that may exist at once [env: OUTPOST_PLUGIN_MAX_INSTANCES]
     #[arg(long)]
     plugin_max_instances: Option<String>,
+    /// Calls one instance of a stateless module may serve; 1 = fresh instance per call [env: OUTPOST_PLUGIN_REUSE]
+    #[arg(long)]
+    plugin_reuse: Option<String>,
     /// Consecutive traps/deadline overruns that disable a module; 0 never [env: OUTPOST_PLUGIN_TRAP_LIMIT]
     #[arg(long)]
     plugin_trap_limit: Option<String>,
@@ -162,6 +165,7 @@ impl Flags {
             ("OUTPOST_PLUGIN_WALL_MS", self.plugin_wall_ms),
             ("OUTPOST_PLUGIN_MEMORY_MB", self.plugin_memory_mb),
             ("OUTPOST_PLUGIN_MAX_INSTANCES", self.plugin_max_instances),
+            ("OUTPOST_PLUGIN_REUSE", self.plugin_reuse),
             ("OUTPOST_PLUGIN_TRAP_LIMIT", self.plugin_trap_limit),
             ("OUTPOST_PLUGIN_TRAP_COOLDOWN", self.plugin_trap_cooldown),
             ("OUTPOST_HEADER_TIMEOUT", self.header_timeout),

@@ -19,7 +19,9 @@ use crate::config::settings::Settings;
 use crate::metrics::Metrics;
 use crate::runtime::breaker::Breaker;
 use crate::runtime::grants::Grants;
-use crate::runtime::{CallEnv, CallError, LoadedModule, ModuleInfo, ModuleSource, Runtime};
+use crate::runtime::{
+    CallEnv, CallError, InstancePool, LoadedModule, ModuleInfo, ModuleSource, Runtime,
+};
 use crate::state::StateStore;
 
 /// The original's plugin names (`module:` / `module_ts:` in `groww.yaml`) and the
@@ -56,6 +58,9 @@ pub struct Signer {
     pub env: Arc<CallEnv>,
     /// Disables the module while it keeps trapping.
     pub breaker: Breaker,
+    /// Kept instances, when the module declared itself stateless and reuse is on
+    /// (`OUTPOST_PLUGIN_REUSE` > 1).
+    pub pool: Option<InstancePool>,
 }
 
 impl Signer {
@@ -357,12 +362,15 @@ async fn build_signer(
         .await
         .map_err(|e| grants.redact(&e.to_string()))?;
     tracing::info!(provider = %def.name, module = %name, "provider ready");
+    let reuse = ctx.settings.module_limits.reuse_calls;
+    let pool = (module.stateless && reuse > 1).then(|| InstancePool::new(reuse));
     Ok(Signer {
         module,
         config,
         info,
         env,
         breaker: Breaker::new(ctx.settings.breaker),
+        pool,
     })
 }
 

@@ -71,6 +71,31 @@ pub use bindings::outpost::auth::types::{
 };
 pub use bindings::outpost::auth::{http, kv, log, secrets};
 
+/// Declare that this module keeps nothing between calls: what one `sign-request`
+/// leaves in memory (globals, caches, the heap) never matters to the next, so Outpost
+/// may serve many requests of the same provider from one instance instead of a fresh
+/// instance per request (`OUTPOST_PLUGIN_REUSE`; about 12 µs less per request).
+///
+/// Declare it only if it is true: a module that keeps per-request data in a global
+/// could show one request's data to the next. Modules that mint or cache credentials
+/// through `kv` are better left undeclared. The declaration is a custom section named
+/// `outpost:stateless`; `outpost plugin inspect` shows whether a component carries it.
+///
+/// ```no_run
+/// outpost_plugin_sdk::declare_stateless!();
+/// ```
+#[macro_export]
+macro_rules! declare_stateless {
+    () => {
+        // SAFETY: `unsafe` is necessary here: `link_section` puts this constant into a
+        // custom section of the module; nothing ever reads it at run time.
+        #[allow(unsafe_code)]
+        #[used]
+        #[unsafe(link_section = "outpost:stateless")]
+        static OUTPOST_STATELESS: [u8; 1] = [1];
+    };
+}
+
 use serde_json::{Map, Value};
 
 /// The module's configuration: the provider's `auth:` block (or a plugin's `config:`

@@ -255,6 +255,16 @@ fn plugin_inspect_reports_world_imports_and_refuses_foreign_components() {
         let size = std::fs::metadata(&wasm).unwrap().len();
         assert!(out.contains(&format!("size:     {size} bytes")), "{out}");
     }
+    // The token-minting examples keep nothing between calls but do not say so; the
+    // stateless fixture declares it.
+    let (_, out, _) = run(&implementations()[0].2);
+    assert!(
+        out.contains("reuse:    fresh instance per request"),
+        "{out}"
+    );
+    let (ok, out, err) = run(&fixture("fixture_stateless"));
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("reuse:    declares itself stateless"), "{out}");
     let tmp = tempfile::tempdir().unwrap();
     // A component that exports nothing of ours.
     let empty = tmp.path().join("empty.wasm");

@@ -349,3 +349,72 @@ async fn watch_reloads_on_file_change() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// The `X-Calls` counts the upstream saw, in order, after `paths` were requested one at
+/// a time from provider `p`.
+async fn call_counts(outpost: &Outpost, up: &Upstream, p: &str, paths: &[&str]) -> Vec<String> {
+    let before = up.seen().len();
+    let c = client();
+    for path in paths {
+        let r = c
+            .get(outpost.url(path))
+            .header("X-Provider", p)
+            .send()
+            .await
+            .unwrap();
+        let expect = if *path == "/fail" { 502 } else { 200 };
+        assert_eq!(r.status(), expect, "{path}: {}", r.text().await.unwrap());
+    }
+    up.seen()[before..]
+        .iter()
+        .map(|s| s.header("x-calls").unwrap_or("-").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stateless_modules_reuse_an_instance_only_after_clean_calls() {
+    let up = Upstream::start().await;
+    let yaml = |name: &str, module: &str| {
+        format!(
+            "name: {name}\nbase_url: {}\nauth: {{type: plugin, module: {module}, config: {{env: FIXTURE_SECRET}}}}\n",
+            up.url()
+        )
+    };
+    let cfg = Config::new()
+        .env("FIXTURE_SECRET", "fixture-secret-value")
+        .env("OUTPOST_PLUGIN_REUSE", "4");
+    cfg.plugin("fixture_stateless");
+    cfg.provider("a.yaml", &yaml("a", "fixture_stateless.wasm"));
+    cfg.provider("b.yaml", &yaml("b", "fixture_stateless.wasm"));
+    let outpost = Outpost::start(&cfg);
+
+    // One kept instance serves four calls (OUTPOST_PLUGIN_REUSE=4), then a fresh one.
+    assert_eq!(
+        call_counts(&outpost, &up, "a", &["/1", "/2", "/3", "/4", "/5"]).await,
+        ["1", "2", "3", "4", "1"]
+    );
+    // Another provider of the same module never gets provider a's instance.
+    assert_eq!(
+        call_counts(&outpost, &up, "b", &["/1", "/2"]).await,
+        ["1", "2"]
+    );
+    // A call that fails (its second, not forwarded) or writes to stderr ends its
+    // instance: the next call starts afresh.
+    assert_eq!(
+        call_counts(&outpost, &up, "a", &["/fail", "/y", "/print", "/z", "/w"]).await,
+        ["1", "2", "1", "2"]
+    );
+    let logs = outpost.stop();
+    assert!(logs.contains("told to fail on call 2"), "{logs}");
+
+    // Reuse off: every call gets a fresh instance.
+    let cfg = Config::new().env("OUTPOST_PLUGIN_REUSE", "1");
+    cfg.plugin("fixture_stateless");
+    cfg.provider("a.yaml", &yaml("a", "fixture_stateless.wasm"));
+    let outpost = Outpost::start(&cfg);
+    assert_eq!(
+        call_counts(&outpost, &up, "a", &["/1", "/2", "/3"]).await,
+        ["1", "1", "1"]
+    );
+    outpost.stop();
+}

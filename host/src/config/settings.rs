@@ -31,6 +31,10 @@ pub struct ModuleLimits {
     pub memory_bytes: usize,
     /// How many module instances may exist at once (pooling allocator slots).
     pub max_instances: u32,
+    /// `OUTPOST_PLUGIN_REUSE`: calls one instance of a module that declares itself
+    /// stateless may serve (for one provider) before it is replaced; 1 gives every call
+    /// a fresh instance.
+    pub reuse_calls: u32,
 }
 
 /// Every setting, parsed and validated.
@@ -109,6 +113,7 @@ pub const VARIABLES: &[&str] = &[
     "OUTPOST_PLUGIN_WALL_MS",
     "OUTPOST_PLUGIN_MEMORY_MB",
     "OUTPOST_PLUGIN_MAX_INSTANCES",
+    "OUTPOST_PLUGIN_REUSE",
     "OUTPOST_LOG_FORMAT",
     "OUTPOST_STATE_MAX_ENTRIES",
     "OUTPOST_STATE_MAX_BYTES",
@@ -241,6 +246,8 @@ impl Settings {
                 memory_bytes: usize::try_from(memory_mb.saturating_mul(1024 * 1024))
                     .unwrap_or(usize::MAX),
                 max_instances: u32::try_from(r.positive("OUTPOST_PLUGIN_MAX_INSTANCES", 256))
+                    .unwrap_or(u32::MAX),
+                reuse_calls: u32::try_from(r.positive("OUTPOST_PLUGIN_REUSE", 1000))
                     .unwrap_or(u32::MAX),
             },
             log_format,

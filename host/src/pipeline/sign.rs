@@ -94,6 +94,7 @@ pub async fn sign(
             &signer.config,
             &signer.info,
             request,
+            signer.pool.as_ref(),
         )
         .await;
     signer.record(&provider.def.name, &outcome, &state.metrics);

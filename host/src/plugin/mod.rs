@@ -171,6 +171,15 @@ pub fn inspect(path: &Path, limits: &ModuleLimits) -> Result<(String, bool), Plu
         }
     );
     let _ = writeln!(out, "exports:  {}", found.exports.join(", "));
+    let _ = writeln!(
+        out,
+        "reuse:    {}",
+        if found.stateless {
+            "declares itself stateless: one instance may serve many requests (OUTPOST_PLUGIN_REUSE)"
+        } else {
+            "fresh instance per request"
+        }
+    );
     let _ = writeln!(out, "imports:");
     let width = found.imports.iter().map(String::len).max().unwrap_or(0);
     for i in &found.imports {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use http_body_util::{BodyExt, Limited};
 use secrecy::ExposeSecret;
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
+use wasmtime::{CallHook, StoreLimits};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -44,8 +44,12 @@ pub struct HostState {
     /// Time spent in host calls — our imports and WASI alike (not charged to the CPU
     /// budget). Measured by the store's call hook.
     pub(super) io_time: Duration,
-    /// When the current host call began, if the guest is inside one.
+    /// Since when host code has been running on the guest's behalf, if it is now.
     pub(super) in_host_since: Option<Instant>,
+    /// Guest-to-host calls under way (host functions and libcalls; they nest when the
+    /// host calls back into the guest, e.g. `cabi_realloc` for a result, and that code
+    /// grows its memory).
+    pub(super) host_depth: u32,
     /// The last state-store failure seen by a `kv` call, if any: a module failing after
     /// one is reported as "state unavailable" rather than as a module error (D24).
     pub(super) state_failure: Option<String>,
@@ -59,11 +63,42 @@ impl HostState {
         self.started.elapsed().saturating_sub(self.io_time)
     }
 
-    /// Called by the store's call hook on every guest ↔ host transition.
-    pub(super) fn on_transition(&mut self, entering_host: bool) {
-        if entering_host {
-            self.in_host_since = Some(Instant::now());
-        } else if let Some(since) = self.in_host_since.take() {
+    /// Start a call in a kept instance: its budgets and failure record start afresh.
+    pub(super) fn begin_call(&mut self, wall: Duration) {
+        let now = Instant::now();
+        self.started = now;
+        self.io_time = Duration::ZERO;
+        self.in_host_since = None;
+        self.host_depth = 0;
+        self.state_failure = None;
+        self.wall_deadline = now + wall;
+    }
+
+    /// The store's call hook. Time is charged to the host from a guest-to-host call
+    /// until it returns, except while the host has called back into the guest: that is
+    /// guest code, and CPU. The host's own calls into the guest outside any host call
+    /// (the export itself, `cabi_realloc` while passing its arguments, a dozen per
+    /// request) read no clock at all.
+    pub(super) fn on_call_hook(&mut self, hook: CallHook) {
+        match hook {
+            CallHook::CallingHost => {
+                self.host_depth = self.host_depth.saturating_add(1);
+                self.in_host_since = Some(Instant::now());
+            }
+            CallHook::ReturningFromHost => {
+                self.host_depth = self.host_depth.saturating_sub(1);
+                self.close_host_span();
+            }
+            CallHook::CallingWasm if self.host_depth > 0 => self.close_host_span(),
+            CallHook::ReturningFromWasm if self.host_depth > 0 => {
+                self.in_host_since = Some(Instant::now());
+            }
+            CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
+        }
+    }
+
+    fn close_host_span(&mut self) {
+        if let Some(since) = self.in_host_since.take() {
             self.io_time += since.elapsed();
         }
     }

@@ -67,6 +67,9 @@ impl Guest for ApiKeyQuery {
 }
 
 export_module!(ApiKeyQuery);
+// Signing depends only on the config, the request, secrets and the clock: one instance
+// may serve many requests of its provider.
+outpost_plugin_sdk::declare_stateless!();
 
 #[cfg(test)]
 mod tests {

@@ -398,6 +398,9 @@ impl Guest for AwsSigV4 {
 }
 
 export_module!(AwsSigV4);
+// Signing depends only on the config, the request, secrets and the clock: one instance
+// may serve many requests of its provider.
+outpost_plugin_sdk::declare_stateless!();
 
 #[cfg(test)]
 mod tests;

@@ -61,3 +61,6 @@ impl Guest for BearerStatic {
 }
 
 export_module!(BearerStatic);
+// Signing depends only on the config, the request, secrets and the clock: one instance
+// may serve many requests of its provider.
+outpost_plugin_sdk::declare_stateless!();

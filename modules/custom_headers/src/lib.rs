@@ -124,6 +124,9 @@ impl Guest for CustomHeaders {
 }
 
 export_module!(CustomHeaders);
+// Signing depends only on the config, the request, secrets and the clock: one instance
+// may serve many requests of its provider.
+outpost_plugin_sdk::declare_stateless!();
 
 #[cfg(test)]
 mod tests {

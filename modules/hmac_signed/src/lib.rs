@@ -285,6 +285,9 @@ impl Guest for HmacSigned {
 }
 
 export_module!(HmacSigned);
+// Signing depends only on the config, the request, secrets and the clock: one instance
+// may serve many requests of its provider.
+outpost_plugin_sdk::declare_stateless!();
 
 #[cfg(test)]
 mod tests {

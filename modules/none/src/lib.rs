@@ -29,3 +29,6 @@ impl Guest for NoneAuth {
 }
 
 export_module!(NoneAuth);
+// Signing depends only on the config, the request, secrets and the clock: one instance
+// may serve many requests of its provider.
+outpost_plugin_sdk::declare_stateless!();
