@@ -4,8 +4,10 @@
 Everything runs on loopback on this machine, in one run, so ratios compare like with like:
 
 * an upstream: nginx answering a small JSON body, a token endpoint and a 10 MB file;
-* nginx as a plain reverse proxy that adds a static `Authorization` header: the reference
-  for what a reverse proxy costs here;
+* a second nginx as a plain reverse proxy that adds a static `Authorization` header: the
+  reference for what a reverse proxy costs here;
+* a minimal hyper reverse proxy (`host/examples/floor_proxy.rs`: no policy, no signing), the floor
+  for any proxy built on the same HTTP stack as Outpost;
 * `outpost` (release build) with providers for each scenario, on the embedded store, and a
   second one on Redis for the rate-limited scenario;
 * wrk as the load generator (throughput at full load; latency at a paced ~800 req/s).
@@ -36,18 +38,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token-value"
 
-NGINX_CONF = """
+# Two nginx instances, so the reference proxy crosses a process boundary to its upstream
+# exactly as Outpost does (one instance serving both roles can answer its own proxied
+# requests inside one worker, without a wake-up in between).
+NGINX_HEAD = """
 worker_processes {workers};
 daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
+pid {dir}/{role}.pid;
+error_log {dir}/{role}-error.log warn;
 events {{ worker_connections 8192; }}
 http {{
   access_log off;
-  client_body_temp_path {dir}/t-body; proxy_temp_path {dir}/t-proxy;
-  fastcgi_temp_path {dir}/t-fcgi; uwsgi_temp_path {dir}/t-uwsgi; scgi_temp_path {dir}/t-scgi;
+  client_body_temp_path {dir}/{role}-t; proxy_temp_path {dir}/{role}-t;
+  fastcgi_temp_path {dir}/{role}-t; uwsgi_temp_path {dir}/{role}-t; scgi_temp_path {dir}/{role}-t;
   keepalive_requests 10000000;
-  upstream backend {{ server 127.0.0.1:{up}; keepalive 128; }}
+"""
+
+NGINX_UPSTREAM = NGINX_HEAD + """
   server {{
     listen 127.0.0.1:{up};
     location = /token {{
@@ -57,6 +64,11 @@ http {{
     location = /big {{ alias {dir}/big.bin; }}
     location / {{ default_type application/json; return 200 '{{"ok":true,"items":[1,2,3]}}'; }}
   }}
+}}
+"""
+
+NGINX_PROXY = NGINX_HEAD + """
+  upstream backend {{ server 127.0.0.1:{up}; keepalive 128; }}
   server {{
     listen 127.0.0.1:{proxy};
     location / {{
@@ -195,21 +207,30 @@ class Bench:
 
     def build(self):
         if not self.args.skip_build:
-            subprocess.run(["cargo", "build", "--release", "-p", "outpost"], cwd=ROOT, check=True)
+            subprocess.run(["cargo", "build", "--release", "-p", "outpost", "--bin", "outpost",
+                            "--example", "floor_proxy"], cwd=ROOT, check=True)
         self.outpost_bin = ROOT / "target" / "release" / "outpost"
-        if not self.outpost_bin.exists():
-            raise SystemExit(f"{self.outpost_bin} missing: build it with cargo build --release")
+        self.floor_bin = ROOT / "target" / "release" / "examples" / "floor_proxy"
+        for b in [self.outpost_bin, self.floor_bin]:
+            if not b.exists():
+                raise SystemExit(f"{b} missing: cargo build --release -p outpost --bin outpost "
+                                 "--example floor_proxy")
 
     def start_backends(self):
         self.up, self.proxy = free_port(), free_port()
         with open(self.dir / "big.bin", "wb") as f:
             f.write(os.urandom(10 * 1024 * 1024))
-        conf = self.dir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(
-            workers=self.args.nginx_workers, dir=self.dir, up=self.up, proxy=self.proxy, token=TOKEN))
-        self.spawn(["nginx", "-c", str(conf), "-p", str(self.dir)], name="nginx")
+        for role, template, workers in [("upstream", NGINX_UPSTREAM, self.args.upstream_workers),
+                                        ("proxy", NGINX_PROXY, self.args.nginx_workers)]:
+            conf = self.dir / f"nginx-{role}.conf"
+            conf.write_text(template.format(workers=workers, dir=self.dir, role=role, up=self.up,
+                                            proxy=self.proxy, token=TOKEN))
+            self.spawn(["nginx", "-c", str(conf), "-p", str(self.dir)], name=f"nginx-{role}")
         wait_port(self.up)
         wait_port(self.proxy)
+        self.floor = free_port()
+        self.spawn([str(self.floor_bin), f"127.0.0.1:{self.up}", f"127.0.0.1:{self.floor}"], name="floor")
+        wait_port(self.floor)
         self.redis_port = free_port()
         self.spawn(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
                     "--save", "", "--appendonly", "no"], name="redis")
@@ -316,6 +337,7 @@ class Bench:
         self.say("|---|---|---|---|---|---|---|")
         self.scenario("direct", "direct to the upstream", f"http://127.0.0.1:{self.up}/v1/items")
         self.scenario("nginx", "nginx reverse proxy (static Authorization)", f"http://127.0.0.1:{self.proxy}/v1/items")
+        self.scenario("floor", "floor: minimal hyper proxy (static Authorization)", f"http://127.0.0.1:{self.floor}/v1/items")
         self.scenario("none", "outpost, `none`", f"{o}/v1/items", "none")
         self.scenario("bearer", "outpost, `bearer_static`", f"{o}/v1/items", "bearer")
         self.scenario("hmac", "outpost, `hmac_signed` (query)", f"{o}/v1/items?a=1&b=2", "hmac")
@@ -334,7 +356,7 @@ class Bench:
         self.say("| scenario | vs direct | vs nginx |")
         self.say("|---|---|---|")
         R = self.results
-        for k in ["nginx", "none", "bearer", "hmac", "oauth2", "allow50", "rl_embedded", "rl_redis"]:
+        for k in ["nginx", "floor", "none", "bearer", "hmac", "oauth2", "allow50", "rl_embedded", "rl_redis"]:
             self.say(f"| {k} | {R[k]['rps']/R['direct']['rps']:.2f} | {R[k]['rps']/R['nginx']['rps']:.2f} |")
         self.say(f"| big (MB/s) | {R['big']['bytes']/R['big_direct']['bytes']:.2f} | — |")
 
@@ -348,6 +370,7 @@ class Bench:
         paced = {}
         for key, url, prov in [("direct", f"http://127.0.0.1:{self.up}/v1/items", ""),
                                ("nginx", f"http://127.0.0.1:{self.proxy}/v1/items", ""),
+                               ("floor", f"http://127.0.0.1:{self.floor}/v1/items", ""),
                                ("bearer", f"{o}/v1/items", "bearer")]:
             r = self.wrk(url, prov, seconds=a.seconds, connections=8, threads=1, delay_ms=10)
             paced[key] = r
@@ -414,6 +437,11 @@ class Bench:
         self.say("|---|---|---|---|")
         for name, target, value, ok in budgets:
             self.say(f"| {name} | {target} | {value} | {'PASS' if ok else 'FAIL'} |")
+        self.say()
+        self.say("Context, not budgets: the minimal hyper proxy (no policy, no signing) reaches "
+                 f"{R['floor']['rps']/R['nginx']['rps']:.2f}× nginx in this run and adds "
+                 f"{paced['floor']['p50'] - paced['direct']['p50']:.0f} µs at p50 when paced; "
+                 f"Outpost with `bearer_static` reaches {R['bearer']['rps']/R['floor']['rps']:.2f}× that floor.")
         if a.report:
             Path(a.report).parent.mkdir(parents=True, exist_ok=True)
             Path(a.report).write_text("\n".join(self.lines) + "\n")
@@ -434,10 +462,14 @@ class Bench:
         self.say()
         self.say("### Signer cost (fresh instance + sign-request, 20,000 calls each)")
         self.say()
-        self.say("| module | p50 µs | p99 µs |")
-        self.say("|---|---|---|")
+        self.say("| module | fresh p50 µs | p90 | p99 | p99.9 | kept p50 µs | p90 | p99 | p99.9 |")
+        self.say("|---|---|---|---|---|---|---|---|---|")
         for k, v in micro.items():
-            self.say(f"| `{k}` | {v['p50_us']:.1f} | {v['p99_us']:.1f} |")
+            self.say(f"| `{k}` | {v['p50_us']:.1f} | {v['p90_us']:.1f} | {v['p99_us']:.1f} | {v['p999_us']:.1f} | "
+                     f"{v['kept_p50_us']:.1f} | {v['kept_p90_us']:.1f} | {v['kept_p99_us']:.1f} | {v['kept_p999_us']:.1f} |")
+        self.say()
+        self.say("\"kept\" is a pre-instantiated instance, as the proxy uses for modules that declare "
+                 "themselves stateless (`OUTPOST_PLUGIN_REUSE`); the budget is stated for fresh ones.")
         return micro
 
 
@@ -446,7 +478,10 @@ def main():
     ap.add_argument("--seconds", type=int, default=10, help="seconds per scenario (default 10)")
     ap.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     ap.add_argument("--soak-seconds", type=int, default=600, help="RSS soak length (default 600)")
-    ap.add_argument("--nginx-workers", type=int, default=2, help="nginx worker processes (default 2)")
+    ap.add_argument("--nginx-workers", type=int, default=2,
+                    help="worker processes of the reference nginx proxy (default 2)")
+    ap.add_argument("--upstream-workers", type=int, default=1,
+                    help="worker processes of the nginx upstream (default 1)")
     ap.add_argument("--skip-build", action="store_true",
                     help="use the existing target/release/outpost (and micro-benchmark binary)")
     ap.add_argument("--quick", action="store_true", help="3 s scenarios, 30 s soak")

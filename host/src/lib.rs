@@ -7,7 +7,8 @@
 //!
 //! Module map, in the order a request meets it:
 //! - [`server`] — the HTTP front; [`management`] — health, readiness, docs, metrics;
-//! - [`pipeline`] — the request's phases, one module each;
+//! - [`pipeline`] — the request's phases, one module each; [`idle`] — idle timeouts on
+//!   streamed bodies, both ways;
 //! - [`runtime`] — the WebAssembly runtime that runs auth modules;
 //! - [`policy`] — path canonicalisation, globs and routes (pure, fuzzed);
 //! - [`providers`] — loading providers and their modules;
@@ -24,6 +25,7 @@ pub mod framing;
 // Fuzz-target bodies for `fuzz/` and their corpus-replay tests; not part of the API.
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod idle;
 pub mod management;
 pub mod metrics;
 pub mod pipeline;

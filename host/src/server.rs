@@ -196,6 +196,8 @@ impl AppState {
 }
 
 /// The router: management endpoints (GET only), then the proxy for everything else.
+/// The management routes here and [`MANAGEMENT_PATHS`] (what the server sends to this
+/// router instead of straight to the pipeline) list the same paths.
 pub fn app(state: Arc<AppState>) -> Router {
     use crate::management as m;
     Router::new()
@@ -207,6 +209,23 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(m::metrics).fallback(proxy))
         .fallback(proxy)
         .with_state(state)
+}
+
+/// Paths [`app`] answers itself on `GET` (and `HEAD`); everything else is proxied.
+const MANAGEMENT_PATHS: [&str; 6] = [
+    "/healthz",
+    "/readyz",
+    "/providers",
+    "/openapi.json",
+    "/docs",
+    "/metrics",
+];
+
+/// Whether [`app`] would answer `req` with a management endpoint rather than
+/// its proxy fallback.
+fn is_management<B>(req: &http::Request<B>) -> bool {
+    (req.method() == http::Method::GET || req.method() == http::Method::HEAD)
+        && MANAGEMENT_PATHS.contains(&req.uri().path())
 }
 
 async fn proxy(
@@ -272,6 +291,7 @@ pub async fn serve(state: AppState) -> Result<(), StartError> {
             continue;
         };
         let router = router.clone();
+        let state = state.clone();
         let verdicts = crate::framing::Verdicts::default();
         let io = crate::framing::Watched::new(stream, verdicts.clone());
         let service = hyper::service::service_fn(
@@ -279,8 +299,13 @@ pub async fn serve(state: AppState) -> Result<(), StartError> {
                 let ambiguous =
                     req.version() < http::Version::HTTP_2 && verdicts.next_is_ambiguous();
                 let mut req = req.map(Body::new);
-                req.extensions_mut().insert(ConnectInfo(peer));
-                let router = router.clone();
+                // Proxied requests skip the router: it would only send them to its
+                // fallback, after a clone, a route lookup and two extractors.
+                let route = if is_management(&req) {
+                    Ok(router.clone())
+                } else {
+                    Err(state.clone())
+                };
                 async move {
                     if ambiguous {
                         tracing::warn!(%peer, "refused a request with both Content-Length and Transfer-Encoding");
@@ -289,7 +314,13 @@ pub async fn serve(state: AppState) -> Result<(), StartError> {
                         );
                         return Ok(axum::response::IntoResponse::into_response(e));
                     }
-                    router.oneshot(req).await
+                    match route {
+                        Ok(router) => {
+                            req.extensions_mut().insert(ConnectInfo(peer));
+                            router.oneshot(req).await
+                        }
+                        Err(state) => Ok(crate::pipeline::handle(state, peer, req).await),
+                    }
                 }
             },
         );
@@ -423,4 +454,32 @@ async fn shutdown() {
         _ = term => {},
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, uri: &str) -> http::Request<()> {
+        http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn only_gets_of_the_management_paths_bypass_the_proxy() {
+        for path in MANAGEMENT_PATHS {
+            assert!(is_management(&req("GET", path)), "{path}");
+            assert!(is_management(&req("HEAD", path)), "{path}");
+            assert!(is_management(&req("GET", &format!("{path}?x=1"))), "{path}");
+            assert!(!is_management(&req("POST", path)), "{path}");
+            assert!(!is_management(&req("GET", &format!("{path}/"))), "{path}");
+            assert!(!is_management(&req("GET", &format!("/v1{path}"))), "{path}");
+        }
+        assert!(!is_management(&req("GET", "/")));
+        assert!(!is_management(&req("GET", "/repos/o/r")));
+        assert!(!is_management(&req("GET", "/HEALTHZ")));
+    }
 }

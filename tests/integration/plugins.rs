@@ -121,6 +121,9 @@ async fn looping_plugin_is_cut_off_while_others_keep_serving() {
     );
     let outpost = Outpost::start(&cfg);
     let c = client();
+    // Idle long enough for the epoch thread to park: the calls below must wake it, or
+    // no CPU deadline would ever fire.
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Several looping requests at once, and a steady stream of healthy ones meanwhile.
     let loops: Vec<_> = (0..4)

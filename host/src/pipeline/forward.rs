@@ -47,6 +47,14 @@ pub async fn forward(
         .headers_mut()
         .ok_or_else(|| ProxyError::Auth("module produced an invalid request".into()))?;
     for h in &r.headers {
+        // A header the module passed through unchanged keeps its parsed name and value.
+        if let Some((name, value)) = before
+            .iter()
+            .find(|(n, v)| n.as_str() == h.name && v.as_bytes() == h.value.as_slice())
+        {
+            headers.append(name.clone(), value.clone());
+            continue;
+        }
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
             ProxyError::Auth(format!(
                 "module returned an invalid header name '{}'",
@@ -60,7 +68,7 @@ pub async fn forward(
         })?;
         if !before
             .iter()
-            .any(|(n, v)| *n == name.as_str() && *v == h.value)
+            .any(|(n, v)| *n == name && v.as_bytes() == h.value.as_slice())
         {
             value.set_sensitive(true);
         }
@@ -185,22 +193,28 @@ async fn upstream_429(
 
 /// Abort a streamed body when the upstream sends nothing for `idle` (D12).
 fn idle_guard(body: Body, idle: std::time::Duration, provider: String) -> Body {
-    let stream = futures_util::stream::unfold(Some(body.into_data_stream()), move |state| {
-        let provider = provider.clone();
-        async move {
-            let mut data = state?;
-            match tokio::time::timeout(idle, data.next()).await {
-                Ok(Some(item)) => Some((item, Some(data))),
-                Ok(None) => None,
-                Err(_) => {
-                    tracing::warn!(%provider, "upstream stream idle for {} s: aborting", idle.as_secs_f64());
-                    let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "upstream idle");
-                    Some((Err(axum::Error::new(e)), None))
-                }
-            }
-        }
-    });
-    Body::from_stream(stream)
+    if http_body::Body::is_end_stream(&body) {
+        return body;
+    }
+    Body::new(crate::idle::IdleGuard::new(
+        body,
+        idle,
+        UpstreamIdle(provider),
+    ))
+}
+
+/// The upstream went quiet in the middle of its response body.
+struct UpstreamIdle(String);
+
+impl crate::idle::OnIdle for UpstreamIdle {
+    fn error(&self, idle: std::time::Duration) -> axum::Error {
+        let provider = &self.0;
+        tracing::warn!(%provider, "upstream stream idle for {} s: aborting", idle.as_secs_f64());
+        axum::Error::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "upstream idle",
+        ))
+    }
 }
 
 /// Read up to `cap` bytes of `body`. Returns the whole body when it fits; otherwise

@@ -96,43 +96,12 @@ pub fn is_body_idle(e: &(dyn std::error::Error + 'static)) -> Option<Duration> {
 
 /// Slow-body defence: fail the request body when the agent sends nothing for `idle`
 /// (`OUTPOST_IDLE_TIMEOUT`), whether Outpost buffers it or streams it upstream. Slow
-/// request heads are bounded by the server's header timeout instead. Length and
-/// end-of-stream are those of the agent's body.
-struct IdleGuarded {
-    inner: Body,
-    idle: Duration,
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
-}
+/// request heads are bounded by the server's header timeout instead.
+struct AgentIdle;
 
-impl http_body::Body for IdleGuarded {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + this.idle;
-                this.timer.as_mut().reset(next);
-                Poll::Ready(frame)
-            }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyIdle(this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+impl crate::idle::OnIdle for AgentIdle {
+    fn error(&self, idle: Duration) -> axum::Error {
+        axum::Error::new(BodyIdle(idle))
     }
 }
 
@@ -140,19 +109,21 @@ fn guard_request_body(body: Body, idle: Duration) -> Body {
     if http_body::Body::is_end_stream(&body) {
         return body;
     }
-    Body::new(IdleGuarded {
-        inner: body,
-        idle,
-        timer: Box::pin(tokio::time::sleep(idle)),
-    })
+    Body::new(crate::idle::IdleGuard::new(body, idle, AgentIdle))
 }
 
 /// Run every phase for one request, then write its log line and metrics.
 pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Body>) -> Response {
     let started = Instant::now();
-    let id = request_id();
+    // The id and the path are only for log lines: not made when they are not written.
+    let logged = tracing::enabled!(tracing::Level::INFO);
+    let id = if logged { request_id() } else { String::new() };
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let path = if logged {
+        req.uri().path().to_string()
+    } else {
+        String::new()
+    };
     let mut trace = Trace::default();
     let response = match run(&state, peer, req, &mut trace).await {
         Ok(r) => r,
@@ -363,23 +334,18 @@ async fn upstream(
         held => (body, held),
     };
     let empty_body = http_body::Body::is_end_stream(&body);
-    let signed = sign::sign(
-        state,
-        provider,
-        &parts.method,
-        target.clone(),
-        headers.clone(),
-        body,
-    )
-    .await?;
+    // Only a module that sees responses can ask for a retry: keep what it needs then.
+    let for_retry = (provider.signer.info.response_hook != crate::runtime::ResponseHook::None)
+        .then(|| (target.clone(), headers.clone()));
+    let signed = sign::sign(state, provider, &parts.method, target, headers, body).await?;
     // A body can be sent again only if we hold it (buffered) or there is none.
     let replay = held
         .or_else(|| signed.buffered.clone())
         .or_else(|| empty_body.then(Bytes::new));
     let (response, verdict) = forward::forward(state, provider, &route.category, signed).await?;
-    match (verdict, replay) {
+    match (verdict, replay, for_retry) {
         // D17: the module dropped a rejected credential and can mint a fresh one: retry once.
-        (Verdict::Retry, Some(body)) => {
+        (Verdict::Retry, Some(body), Some((target, headers))) => {
             tracing::info!(provider = %provider.def.name, "retrying once with a fresh credential");
             let signed = sign::sign(
                 state,

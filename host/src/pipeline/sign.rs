@@ -20,9 +20,9 @@ use crate::server::AppState;
 pub struct Signed {
     /// What the module returned.
     pub request: Request,
-    /// Header (lower-cased name, value) pairs present before signing; anything else
-    /// was injected by the module and is marked sensitive.
-    pub before: Vec<(String, Vec<u8>)>,
+    /// Headers present before signing; anything else was injected by the module and
+    /// is marked sensitive.
+    pub before: Vec<(HeaderName, HeaderValue)>,
     /// The body to send.
     pub body: Body,
     /// The buffered body, when there is one (replayable for a retry).
@@ -65,10 +65,6 @@ pub async fn sign(
             (Some(bytes), None)
         }
     };
-    let before: Vec<(String, Vec<u8>)> = headers
-        .iter()
-        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
-        .collect();
     let request = Request {
         method: method.as_str().to_string(),
         scheme: target.scheme,
@@ -76,7 +72,7 @@ pub async fn sign(
         path: target.path,
         query: target.query,
         headers: headers
-            .into_iter()
+            .iter()
             .map(|(n, v)| Header {
                 name: n.as_str().to_string(),
                 value: v.as_bytes().to_vec(),
@@ -107,24 +103,19 @@ pub async fn sign(
             }
         })?;
     state.metrics.signer(&provider.def.name, started.elapsed());
-    let (request, body, buffered) = match (signed.body.clone(), buffered) {
+    let mut signed = signed;
+    let (request, body, buffered) = match (signed.body.take(), buffered) {
         (Some(replacement), _) => {
             let b = Bytes::from(replacement);
-            (
-                Request {
-                    body: None,
-                    ..signed
-                },
-                Body::from(b.clone()),
-                Some(b),
-            )
+            (signed, Body::from(b.clone()), Some(b))
         }
         (None, Some(b)) => (signed, Body::from(b.clone()), Some(b)),
         (None, None) => (signed, stream.unwrap_or_else(Body::empty), None),
     };
     Ok(Signed {
         request,
-        before,
+        // Cheap: standard names are static, values share their bytes.
+        before: headers,
         body,
         buffered,
     })

@@ -13,8 +13,8 @@ pub mod grants;
 pub mod host;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -229,13 +229,81 @@ impl std::fmt::Debug for LoadedModule {
     }
 }
 
+/// Ticks without a module call after which the epoch thread parks.
+const PARK_AFTER_TICKS: u32 = 50;
+
+/// The epoch thread's shared state. The thread ticks only while module calls run (and
+/// for [`PARK_AFTER_TICKS`] after the last one), so an idle proxy does not wake 500 times
+/// a second.
+#[derive(Default)]
+struct TickerState {
+    stop: AtomicBool,
+    /// Module calls in flight.
+    active: std::sync::atomic::AtomicUsize,
+    /// The thread is parked (or about to): a starting call must unpark it.
+    parked: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+impl TickerState {
+    /// The epoch thread's loop.
+    fn run(&self, engine: wasmtime::EngineWeak) {
+        let mut idle_ticks = 0u32;
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(TICK);
+            match engine.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => break,
+            }
+            if self.active.load(Ordering::SeqCst) > 0 {
+                idle_ticks = 0;
+                continue;
+            }
+            idle_ticks += 1;
+            if idle_ticks >= PARK_AFTER_TICKS {
+                // Either a starting call sees `parked` and unparks us, or we see its
+                // `active` increment here and do not park (both SeqCst).
+                self.parked.store(true, Ordering::SeqCst);
+                if self.active.load(Ordering::SeqCst) == 0 {
+                    std::thread::park_timeout(Duration::from_secs(1));
+                }
+                self.parked.store(false, Ordering::SeqCst);
+                idle_ticks = 0;
+            }
+        }
+    }
+
+    /// A module call starts: make sure the epoch ticks until it ends.
+    fn busy(self: &Arc<Self>) -> Busy {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst)
+            && let Some(t) = self.thread.get()
+        {
+            t.unpark();
+        }
+        Busy(self.clone())
+    }
+}
+
+/// A module call in flight (see [`TickerState::busy`]).
+struct Busy(Arc<TickerState>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 struct Ticker {
-    stop: Arc<AtomicBool>,
+    state: Arc<TickerState>,
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.state.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.state.thread.get() {
+            t.unpark();
+        }
     }
 }
 
@@ -245,7 +313,7 @@ pub struct Runtime {
     linker: Linker<HostState>,
     limits: ModuleLimits,
     cache: Option<cache::CompileCache>,
-    _ticker: Ticker,
+    ticker: Ticker,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -294,20 +362,13 @@ impl Runtime {
         bindings::Module::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(engine_err)?;
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let (e, s) = (engine.weak(), stop.clone());
-        std::thread::Builder::new()
+        let ticker = Arc::new(TickerState::default());
+        let (e, t) = (engine.weak(), ticker.clone());
+        let thread = std::thread::Builder::new()
             .name("outpost-epoch".into())
-            .spawn(move || {
-                while !s.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
-                    match e.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
-                }
-            })
+            .spawn(move || t.run(e))
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        let _ = ticker.thread.set(thread.thread().clone());
         let cache =
             cache_dir.map(|dir| cache::CompileCache::new(dir, &engine, limits.memory_bytes));
         Ok(Self {
@@ -315,7 +376,7 @@ impl Runtime {
             linker,
             limits,
             cache,
-            _ticker: Ticker { stop },
+            ticker: Ticker { state: ticker },
         })
     }
 
@@ -509,6 +570,7 @@ impl Runtime {
         env: Arc<CallEnv>,
         config: &str,
     ) -> Result<ModuleInfo, CallError> {
+        let _busy = self.ticker.state.busy();
         let mut store = self.store(env);
         let wall = self.limits.wall;
         let fut = async {
@@ -533,6 +595,7 @@ impl Runtime {
         req: Request,
         pool: Option<&InstancePool>,
     ) -> Result<Request, CallError> {
+        let _busy = self.ticker.state.busy();
         let kept = pool
             .and_then(InstancePool::take)
             // A pool belongs to one provider: never hand its instance another's grants.
@@ -583,6 +646,7 @@ impl Runtime {
         config: &str,
         resp: &ResponseInfo,
     ) -> Result<Verdict, CallError> {
+        let _busy = self.ticker.state.busy();
         let mut store = self.store(env);
         let wall = self.limits.wall;
         let fut = async {
@@ -783,16 +847,19 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn time_blocked_in_host_calls_is_not_cpu_even_when_the_host_calls_back() {
-        let limits = ModuleLimits {
+    fn test_limits() -> ModuleLimits {
+        ModuleLimits {
             cpu: Duration::from_millis(100),
             wall: Duration::from_secs(1),
             memory_bytes: 1 << 20,
             max_instances: 4,
             reuse_calls: 1,
-        };
-        let runtime = Runtime::new(limits, None).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn time_blocked_in_host_calls_is_not_cpu_even_when_the_host_calls_back() {
+        let runtime = Runtime::new(test_limits(), None).unwrap();
         let mut store = runtime.store(call_env());
         let nap = Duration::from_millis(30);
         let hook = |store: &mut Store<HostState>, h| store.data_mut().on_call_hook(h);
@@ -825,6 +892,36 @@ mod tests {
             cpu >= nap,
             "{cpu:?}: guest time inside a host call was not charged"
         );
+    }
+
+    /// Poll `cond` every millisecond for up to `secs` seconds.
+    fn eventually(secs: u64, cond: impl Fn() -> bool) -> bool {
+        let until = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < until {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        cond()
+    }
+
+    #[test]
+    fn the_epoch_thread_parks_while_idle_and_ticks_again_for_a_call() {
+        let runtime = Runtime::new(test_limits(), None).unwrap();
+        let state = runtime.ticker.state.clone();
+        let parked = || state.parked.load(Ordering::SeqCst);
+        assert!(
+            eventually(5, parked),
+            "an idle runtime's epoch thread parks"
+        );
+        let call = state.busy();
+        assert!(eventually(1, || !parked()), "a starting call unparks it");
+        // It keeps ticking for as long as the call runs.
+        std::thread::sleep(TICK * (PARK_AFTER_TICKS + 20));
+        assert!(!parked(), "parked during a call");
+        drop(call);
+        assert!(eventually(5, parked), "parks again once the call ended");
     }
 
     fn req() -> Request {
