@@ -563,3 +563,73 @@ async fn redis_down_with_fail_open_keeps_serving() {
     assert_eq!(up.seen().len(), 1);
     assert!(outpost.logs().contains("failing open"));
 }
+
+/// The store's one-round-trip rate-limit check, directly on each backend: the cooldown
+/// comes first and takes nothing; buckets are taken in order and the first empty one
+/// stops the check, so buckets after it keep their tokens.
+async fn case_admit_checks_cooldown_then_each_window_in_order(backend: Backend) {
+    use outpost::state::{Admit, Limit, StateStore};
+    let (_cfg, redis) = backend.apply(Config::new());
+    let store = match &redis {
+        None => StateStore::memory(),
+        Some(r) => StateStore::Redis(outpost::state::RedisStore::connect(&r.url()).await.unwrap()),
+    };
+    let (fast, slow, cooldown) = (
+        "rl:p:default:1000",
+        "rl:p:default:60000",
+        "rl:cooldown:p:default",
+    );
+    let both = [
+        Limit {
+            key: fast,
+            capacity: 2,
+            window_ms: 1000,
+        },
+        Limit {
+            key: slow,
+            capacity: 1,
+            window_ms: 60_000,
+        },
+    ];
+    assert_eq!(store.admit(cooldown, &both).await.unwrap(), Admit::Taken);
+    // The slow window is empty now: denied for about a minute, after a token of the
+    // fast window was taken.
+    match store.admit(cooldown, &both).await.unwrap() {
+        Admit::Denied(ms) => assert!((59_000..=60_000).contains(&ms), "{ms}"),
+        other => panic!("{other:?}"),
+    }
+    // Both fast tokens are gone: the fast window denies first (well under a second),
+    // and the slow one was not touched again.
+    match store.admit(cooldown, &both).await.unwrap() {
+        Admit::Denied(ms) => assert!((1..=1000).contains(&ms), "{ms}"),
+        other => panic!("{other:?}"),
+    }
+    // A cooldown answers before any bucket, with its time left, and takes nothing.
+    let other = [Limit {
+        key: "rl:q:default:1000",
+        capacity: 1,
+        window_ms: 1000,
+    }];
+    store
+        .set(cooldown, b"1".to_vec(), Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    match store.admit(cooldown, &other).await.unwrap() {
+        Admit::Cooldown(ms) => assert!((4_000..=5_000).contains(&ms), "{ms}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        store.admit("rl:cooldown:q:default", &other).await.unwrap(),
+        Admit::Taken,
+        "the bucket still had its token"
+    );
+    // Without an expiry, a cooldown reports no end; no windows at all only check it.
+    store.set(cooldown, b"1".to_vec(), None).await.unwrap();
+    assert_eq!(
+        store.admit(cooldown, &[]).await.unwrap(),
+        Admit::Cooldown(u64::MAX)
+    );
+    store.delete(cooldown).await.unwrap();
+    assert_eq!(store.admit(cooldown, &[]).await.unwrap(), Admit::Taken);
+}
+both!(admit_in_one_check => super::case_admit_checks_cooldown_then_each_window_in_order);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::provider::{ProviderDef, Window};
 use crate::error::ProxyError;
-use crate::state::{StateError, StateStore};
+use crate::state::{Admit, Limit, StateError, StateStore};
 
 /// The windows for `category`: its own list (an explicit `[]` means unlimited), else the
 /// `default` list, else none.
@@ -43,36 +43,33 @@ pub async fn acquire(
         category: category.to_string(),
         retry_after: retry.as_secs_f64().max(0.1),
     };
-    if let Some(ms) = state
-        .ttl_ms(&cooldown_key(&def.name, category))
-        .await
-        .map_err(state_err)?
-    {
-        let cd = Duration::from_millis(ms.min(600_000));
-        if cd > deadline.saturating_duration_since(Instant::now()) {
-            return Err(limited(cd));
+    let cooldown = cooldown_key(&def.name, category);
+    let keys: Vec<String> = windows_for(def, category)
+        .iter()
+        .map(|w| format!("rl:{}:{}:{}", def.name, category, w.window_ms))
+        .collect();
+    let limits: Vec<Limit<'_>> = windows_for(def, category)
+        .iter()
+        .zip(&keys)
+        .map(|(w, key)| Limit {
+            key,
+            capacity: w.capacity,
+            window_ms: w.window_ms,
+        })
+        .collect();
+    // The cooldown and every window in one atomic check (one round trip on Redis);
+    // after a wait, the whole check again.
+    loop {
+        let wait = match state.admit(&cooldown, &limits).await.map_err(state_err)? {
+            Admit::Taken => return Ok(()),
+            Admit::Cooldown(ms) => Duration::from_millis(ms.min(600_000)),
+            Admit::Denied(ms) => Duration::from_millis(ms),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || wait > left {
+            return Err(limited(wait));
         }
-        tokio::time::sleep(cd).await;
-    }
-    let windows = windows_for(def, category);
-    'pass: loop {
-        for w in windows {
-            let key = format!("rl:{}:{}:{}", def.name, category, w.window_ms);
-            let t = state
-                .take(&key, w.capacity, w.window_ms)
-                .await
-                .map_err(state_err)?;
-            if !t.allowed {
-                let wait = Duration::from_millis(t.retry_after_ms);
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() || wait > left {
-                    return Err(limited(wait));
-                }
-                tokio::time::sleep(wait.min(left)).await;
-                continue 'pass;
-            }
-        }
-        return Ok(());
+        tokio::time::sleep(wait).await;
     }
 }
 

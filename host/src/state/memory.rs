@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 
-use super::bucket::{self, Bucket, Take};
+use super::bucket::{self, Admit, Bucket, Limit, Take};
 
 #[derive(Debug)]
 struct Entry {
@@ -47,6 +47,46 @@ struct Inner {
     bounded: IndexMap<String, Entry>,
     bounded_bytes: usize,
     buckets: HashMap<String, (Bucket, Instant)>,
+}
+
+impl Inner {
+    fn ttl_ms(&self, key: &str, now: Instant) -> Option<u64> {
+        let e = self.durable.get(key).filter(|e| e.live(now))?;
+        Some(
+            e.expires
+                .map(|x| (x - now).as_millis() as u64)
+                .unwrap_or(u64::MAX),
+        )
+    }
+
+    fn take(
+        &mut self,
+        key: &str,
+        capacity: u64,
+        window_ms: u64,
+        now: Instant,
+        now_ms: u64,
+    ) -> Take {
+        let expires = now + Duration::from_millis(2 * window_ms);
+        match self.buckets.get_mut(key) {
+            Some((b, exp)) => {
+                let prev = (*exp > now).then_some(*b);
+                let (nb, t) = bucket::take(prev, capacity, window_ms, now_ms);
+                (*b, *exp) = (nb, expires);
+                t
+            }
+            None => {
+                let (b, t) = bucket::take(None, capacity, window_ms, now_ms);
+                self.buckets.insert(key.to_string(), (b, expires));
+                // Expired buckets are swept as the map grows (not on every take of a
+                // steady set of keys).
+                if self.buckets.len().is_multiple_of(1024) {
+                    self.buckets.retain(|_, (_, exp)| *exp > now);
+                }
+                t
+            }
+        }
+    }
 }
 
 /// In-process state.
@@ -184,35 +224,25 @@ impl MemoryStore {
 
     /// Milliseconds until `key` expires; `None` when absent.
     pub fn ttl_ms(&self, key: &str) -> Option<u64> {
-        let now = Instant::now();
-        let g = self.lock();
-        let e = g.durable.get(key).filter(|e| e.live(now))?;
-        Some(
-            e.expires
-                .map(|x| (x - now).as_millis() as u64)
-                .unwrap_or(u64::MAX),
-        )
+        self.lock().ttl_ms(key, Instant::now())
     }
 
-    /// Take a token from the bucket at `key`.
-    pub fn take(&self, key: &str, capacity: u64, window_ms: u64) -> Take {
+    /// A request's whole rate-limit check under one lock: the cooldown at `cooldown`,
+    /// then a token from each bucket in order, stopping at the first empty one.
+    pub fn admit(&self, cooldown: &str, limits: &[Limit<'_>]) -> Admit {
         let now = Instant::now();
         let now_ms = now.duration_since(self.epoch).as_millis() as u64;
         let mut g = self.lock();
-        let prev = g
-            .buckets
-            .get(key)
-            .filter(|(_, exp)| *exp > now)
-            .map(|(b, _)| *b);
-        let (b, t) = bucket::take(prev, capacity, window_ms, now_ms);
-        g.buckets.insert(
-            key.to_string(),
-            (b, now + Duration::from_millis(2 * window_ms)),
-        );
-        if g.buckets.len().is_multiple_of(1024) {
-            g.buckets.retain(|_, (_, exp)| *exp > now);
+        if let Some(ms) = g.ttl_ms(cooldown, now) {
+            return Admit::Cooldown(ms);
         }
-        t
+        for l in limits {
+            let t = g.take(l.key, l.capacity, l.window_ms, now, now_ms);
+            if !t.allowed {
+                return Admit::Denied(t.retry_after_ms);
+            }
+        }
+        Admit::Taken
     }
 
     /// (entries, bytes) in the bounded class.

@@ -8,7 +8,7 @@ pub mod redis;
 
 use std::time::Duration;
 
-pub use bucket::Take;
+pub use bucket::{Admit, Limit, Take};
 pub use memory::{Caps, MemoryStore};
 pub use redis::RedisStore;
 
@@ -111,11 +111,13 @@ impl StateStore {
         }
     }
 
-    /// Take one token from the bucket at `key`.
-    pub async fn take(&self, key: &str, capacity: u64, window_ms: u64) -> Result<Take, StateError> {
+    /// A request's whole rate-limit check, atomically and (on one Redis server) in one
+    /// round trip: the cooldown at `cooldown`, then a token from each bucket in order,
+    /// stopping at the first empty one.
+    pub async fn admit(&self, cooldown: &str, limits: &[Limit<'_>]) -> Result<Admit, StateError> {
         match self {
-            Self::Memory(m) => Ok(m.take(key, capacity, window_ms)),
-            Self::Redis(r) => r.take(key, capacity, window_ms).await,
+            Self::Memory(m) => Ok(m.admit(cooldown, limits)),
+            Self::Redis(r) => r.admit(cooldown, limits).await,
         }
     }
 }

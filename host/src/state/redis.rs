@@ -10,13 +10,13 @@ use fred::types::scripts::Script;
 use fred::types::{Expiration, SetOptions};
 
 use super::StateError;
-use super::bucket::{LUA, Take};
+use super::bucket::{ADMIT_LUA, Admit, Limit};
 
 /// A connected Redis client.
 #[derive(Clone)]
 pub struct RedisStore {
     client: Client,
-    bucket: Script,
+    admit: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -59,7 +59,7 @@ impl RedisStore {
             .ok();
         Ok(Self {
             client,
-            bucket: Script::from_lua(LUA),
+            admit: Script::from_lua(ADMIT_LUA),
         })
     }
 
@@ -113,20 +113,56 @@ impl RedisStore {
         })
     }
 
-    /// One token from the bucket at `key` (Lua, atomic, server clock).
-    pub async fn take(&self, key: &str, capacity: u64, window_ms: u64) -> Result<Take, StateError> {
-        let (allowed, retry): (i64, i64) = self
-            .bucket
-            .evalsha_with_reload(
-                &self.client,
-                vec![key.to_string()],
-                vec![capacity.to_string(), window_ms.to_string()],
+    /// A request's whole rate-limit check in one round trip ([`ADMIT_LUA`]). On a
+    /// cluster, where the keys live on different nodes, one command per key instead.
+    pub async fn admit(&self, cooldown: &str, limits: &[Limit<'_>]) -> Result<Admit, StateError> {
+        if !self.client.is_clustered() {
+            return self.run_admit(Some(cooldown), limits).await;
+        }
+        if let Some(ms) = self.ttl_ms(cooldown).await? {
+            return Ok(Admit::Cooldown(ms));
+        }
+        for l in limits {
+            match self.run_admit(None, std::slice::from_ref(l)).await? {
+                Admit::Taken => {}
+                other => return Ok(other),
+            }
+        }
+        Ok(Admit::Taken)
+    }
+
+    async fn run_admit(
+        &self,
+        cooldown: Option<&str>,
+        limits: &[Limit<'_>],
+    ) -> Result<Admit, StateError> {
+        let keys: Vec<String> = cooldown
+            .into_iter()
+            .chain(limits.iter().map(|l| l.key))
+            .map(str::to_string)
+            .collect();
+        let flag = if cooldown.is_some() { "1" } else { "0" };
+        let args: Vec<String> = std::iter::once(flag.to_string())
+            .chain(
+                limits
+                    .iter()
+                    .flat_map(|l| [l.capacity.to_string(), l.window_ms.to_string()]),
             )
+            .collect();
+        let (kind, value): (i64, i64) = self
+            .admit
+            .evalsha_with_reload(&self.client, keys, args)
             .await
             .map_err(unavailable)?;
-        Ok(Take {
-            allowed: allowed == 1,
-            retry_after_ms: u64::try_from(retry).unwrap_or(0),
-        })
+        let value = u64::try_from(value);
+        match kind {
+            // PTTL -1: a cooldown without expiry.
+            0 => Ok(Admit::Cooldown(value.unwrap_or(u64::MAX))),
+            1 => Ok(Admit::Taken),
+            2 => Ok(Admit::Denied(value.unwrap_or(1))),
+            k => Err(StateError::Unavailable(format!(
+                "the rate-limit script answered an unknown outcome {k}"
+            ))),
+        }
     }
 }
