@@ -378,11 +378,11 @@ class Bench:
         added50 = (paced["bearer"]["p50"] - paced["direct"]["p50"])
         added99 = (paced["bearer"]["p99"] - paced["direct"]["p99"])
 
-        # Soak: RSS over time at ~500 req/s (wrk -c5, 10 ms pause).
+        # Soak: RSS over time at ~500 req/s (wrk -c5, 9 ms pause: 5 × 1/(9 ms + latency)).
         self.say()
         self.say(f"### Soak: RSS over {a.soak_seconds} s at ~500 req/s")
         self.say()
-        env = dict(os.environ, BENCH_PROVIDER="bearer", BENCH_DELAY_MS="10")
+        env = dict(os.environ, BENCH_PROVIDER="bearer", BENCH_DELAY_MS="9")
         soak = subprocess.Popen(
             ["wrk", "-t1", "-c5", f"-d{a.soak_seconds}s", "-s", str(self.dir / "bench.lua"), f"{o}/v1/items"],
             env=env, stdout=subprocess.PIPE, text=True)

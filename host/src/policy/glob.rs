@@ -61,6 +61,11 @@ impl Glob {
     pub fn source(&self) -> &str {
         &self.source
     }
+
+    /// The regular expression it compiled to (anchored at both ends).
+    pub fn regex(&self) -> &str {
+        self.re.as_str()
+    }
 }
 
 #[cfg(test)]

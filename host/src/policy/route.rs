@@ -1,6 +1,8 @@
 //! What a provider lets through: deny globs (checked suspiciously, D7), allow rules or
 //! transparent mode (§3.3), and which methods are writes (D8).
 
+use regex::RegexSet;
+
 use super::glob::Glob;
 use super::path::fully_decoded;
 use crate::config::provider::{AllowRule, Forwarding, Mode};
@@ -28,7 +30,11 @@ struct AllowEntry {
 pub struct RoutePolicy {
     mode: Mode,
     allow: Vec<AllowEntry>,
+    /// Every allow glob in one automaton: one pass over the path tells which match.
+    allow_set: RegexSet,
     deny: Vec<Glob>,
+    /// Every deny glob in one automaton.
+    deny_set: RegexSet,
     treat_writes_as_sensitive: bool,
     default_cache_ttl: u64,
     default_category: String,
@@ -61,9 +67,14 @@ impl RoutePolicy {
                 },
             });
         }
+        let set = |key: &str, globs: &mut dyn Iterator<Item = &Glob>| {
+            RegexSet::new(globs.map(Glob::regex)).map_err(|e| (key.to_string(), e.to_string()))
+        };
         Ok(Self {
             mode: fwd.mode,
+            allow_set: set("forwarding.allow", &mut entries.iter().map(|e| &e.glob))?,
             allow: entries,
+            deny_set: set("forwarding.deny", &mut deny.iter())?,
             deny,
             treat_writes_as_sensitive: fwd.treat_writes_as_sensitive,
             default_cache_ttl: fwd.default_cache_ttl,
@@ -88,6 +99,9 @@ impl RoutePolicy {
                 None => candidates.push(format!("{p}/")),
             }
         }
+        if !candidates.iter().any(|c| self.deny_set.is_match(c)) {
+            return None;
+        }
         self.deny
             .iter()
             .find(|g| candidates.iter().any(|c| g.matches(c)))
@@ -97,10 +111,13 @@ impl RoutePolicy {
     /// The route for `method` (upper-case) on `canonical`, or `None` (allowlist miss).
     pub fn classify(&self, method: &str, canonical: &str) -> Option<Route> {
         match self.mode {
+            // The first rule, in file order, whose glob and method match.
             Mode::Allowlist => self
-                .allow
+                .allow_set
+                .matches(canonical)
                 .iter()
-                .find(|e| (e.method == "*" || e.method == method) && e.glob.matches(canonical))
+                .map(|i| &self.allow[i])
+                .find(|e| e.method == "*" || e.method == method)
                 .map(|e| e.route.clone()),
             Mode::Transparent => {
                 let write = is_write(method);
@@ -167,6 +184,72 @@ mod tests {
         assert!(!p.classify("GET", "/v1/orders/1").unwrap().sensitive);
         assert!(p.classify("POST", "/v1/orders/1").unwrap().sensitive);
         assert!(p.classify("GET", "/v1/other").is_none());
+    }
+
+    #[test]
+    fn matching_all_rules_at_once_picks_what_rule_by_rule_matching_picks() {
+        let fwd = Forwarding {
+            mode: Mode::Allowlist,
+            deny: vec!["/v3/**/secret".into(), "/v1/orders/*/keys".into()],
+            ..Forwarding::default()
+        };
+        let patterns = [
+            "/v1/orders/*",
+            "/v1/orders/**",
+            "/v1/{id}/details",
+            "/v2/**/items/{id}",
+            "/v3/**",
+            "/*/x",
+            "/v1/orders/special",
+        ];
+        let methods = ["GET", "*", "POST", "GET", "*", "DELETE", "GET"];
+        let rules: Vec<AllowRule> = patterns
+            .iter()
+            .zip(methods)
+            .enumerate()
+            .map(|(i, (p, m))| AllowRule {
+                category: format!("c{i}"),
+                ..rule(m, p, false)
+            })
+            .collect();
+        let p = RoutePolicy::compile(&fwd, &rules).unwrap();
+        let one_by_one = |method: &str, path: &str| {
+            rules
+                .iter()
+                .find(|r| {
+                    (r.method == "*" || r.method == method)
+                        && Glob::new(&r.pattern, false).unwrap().matches(path)
+                })
+                .map(|r| r.category.clone())
+        };
+        let paths = [
+            "/v1/orders/1",
+            "/v1/orders/special",
+            "/v1/orders/1/keys",
+            "/v1/orders",
+            "/v1/abc/details",
+            "/v2/a/b/items/7",
+            "/v2/items/7",
+            "/v3/a/secret",
+            "/v3/",
+            "/q/x",
+            "/q/r/x",
+            "/",
+        ];
+        let mut hits = 0;
+        for path in paths {
+            for method in ["GET", "POST", "DELETE", "PATCH"] {
+                let got = p.classify(method, path).map(|r| r.category);
+                assert_eq!(got, one_by_one(method, path), "{method} {path}");
+                hits += usize::from(got.is_some());
+            }
+            let denied = fwd.deny.iter().find(|d| {
+                let g = Glob::new(d, true).unwrap();
+                g.matches(path) || g.matches(&format!("{path}/"))
+            });
+            assert_eq!(p.denied_by(path), denied.map(String::as_str), "{path}");
+        }
+        assert!(hits > 10, "the cases exercise matches, not only misses");
     }
 
     #[test]

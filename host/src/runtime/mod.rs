@@ -4,7 +4,9 @@
 //! interruption). Each module is compiled once — or loaded from the on-disk cache of
 //! compiled artefacts keyed by the component's SHA-256 and the engine's configuration —
 //! and pre-instantiated. Every call gets a fresh store and instance (no state leaks
-//! between requests), a CPU deadline enforced by epoch interruption, a wall-clock
+//! between requests) — except calls of a module that declares itself stateless, which
+//! may run in an instance kept from an earlier clean call of the same provider
+//! ([`InstancePool`]) — a CPU deadline enforced by epoch interruption, a wall-clock
 //! deadline, and a memory cap. Traps and deadlines become errors, never crashes.
 
 pub mod breaker;

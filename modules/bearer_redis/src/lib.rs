@@ -340,6 +340,10 @@ impl Guest for BearerRedis {
 }
 
 export_module!(BearerRedis);
+// Whatever it mints or caches lives in the host's key-value state, shared with other
+// replicas; nothing in its memory matters to the next call: one instance may serve many
+// requests of its provider.
+outpost_plugin_sdk::declare_stateless!();
 
 #[cfg(test)]
 mod tests {
