@@ -19,7 +19,7 @@ Needs: wrk, nginx, redis-server (Debian packages; `--install` apt-installs them)
 
     benches/load.py                      # full run (10-minute soak)
     benches/load.py --soak-seconds 60    # shorter soak
-    benches/load.py --quick              # 3 s per scenario, 30 s soak, for trying it out
+    benches/load.py --quick              # 3 s per scenario, one run each, 30 s soak, for trying it out
 """
 
 import argparse
@@ -301,15 +301,25 @@ class Bench:
         r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
         return r
 
-    def scenario(self, key, label, url, provider="", connections=None):
-        # Warm-up (tokens minted, pools filled), then the measured run.
-        self.wrk(url, provider, seconds=1, connections=connections)
-        r = self.wrk(url, provider, connections=connections)
-        self.results[key] = r
-        errs = r["errors"] + r["status_errors"]
-        self.say(f"| {label} | {r['rps']:,.0f} | {r['p50']/1000:.3f} | {r['p99']/1000:.3f} | "
-                 f"{r['p999']/1000:.3f} | {r['bytes']/ (r['duration_us']/1e6) / 1e6:,.1f} | {errs} |")
-        return r
+    def scenarios(self, table):
+        """Run every scenario of `table` ((key, label, url, provider, connections) rows)
+        `--repeat` times, interleaved so that slow drifts of a shared machine hit them all
+        alike; report each one's median run (by req/s) and the spread of req/s."""
+        runs = {key: [] for key, *_ in table}
+        for rep in range(self.args.repeat):
+            for key, _, url, provider, connections in table:
+                if rep == 0:
+                    # Warm-up (tokens minted, pools filled).
+                    self.wrk(url, provider, seconds=1, connections=connections)
+                runs[key].append(self.wrk(url, provider, connections=connections))
+        for key, label, *_ in table:
+            rs = sorted(runs[key], key=lambda r: r["rps"])
+            r = rs[len(rs) // 2]
+            self.results[key] = r
+            errs = sum(x["errors"] + x["status_errors"] for x in rs)
+            spread = f"{rs[0]['rps']:,.0f}–{rs[-1]['rps']:,.0f}"
+            self.say(f"| {label} | {r['rps']:,.0f} | {spread} | {r['p50']/1000:.3f} | {r['p99']/1000:.3f} | "
+                     f"{r['p999']/1000:.3f} | {r['bytes']/ (r['duration_us']/1e6) / 1e6:,.1f} | {errs} |")
 
     def run(self):
         a = self.args
@@ -331,22 +341,28 @@ class Bench:
         redis_outpost, redis_port, _ = self.start_outpost(cache, redis=True, name="outpost-redis")
 
         o = f"http://127.0.0.1:{port}"
-        self.say(f"### Throughput at full load (wrk -t2 -c{a.connections}, {a.seconds} s each)")
+        self.say(f"### Throughput at full load (wrk -t2 -c{a.connections}, {a.seconds} s each, "
+                 f"median of {a.repeat} interleaved runs)")
         self.say()
-        self.say("| scenario | req/s | p50 ms | p99 ms | p99.9 ms | MB/s | errors |")
-        self.say("|---|---|---|---|---|---|---|")
-        self.scenario("direct", "direct to the upstream", f"http://127.0.0.1:{self.up}/v1/items")
-        self.scenario("nginx", "nginx reverse proxy (static Authorization)", f"http://127.0.0.1:{self.proxy}/v1/items")
-        self.scenario("floor", "floor: minimal hyper proxy (static Authorization)", f"http://127.0.0.1:{self.floor}/v1/items")
-        self.scenario("none", "outpost, `none`", f"{o}/v1/items", "none")
-        self.scenario("bearer", "outpost, `bearer_static`", f"{o}/v1/items", "bearer")
-        self.scenario("hmac", "outpost, `hmac_signed` (query)", f"{o}/v1/items?a=1&b=2", "hmac")
-        self.scenario("oauth2", "outpost, `oauth2_client_credentials` (cached token)", f"{o}/v1/items", "oauth2")
-        self.scenario("allow50", "outpost, allowlist of 50 rules (last matches)", f"{o}/v49/orgs/acme/repos/a/b/items/42", "allow50")
-        self.scenario("rl_embedded", "outpost, rate limiter on, embedded store", f"{o}/v1/items", "ratelimited")
-        self.scenario("rl_redis", "outpost, rate limiter on, Redis", f"http://127.0.0.1:{redis_port}/v1/items", "ratelimited")
-        self.scenario("big_direct", "10 MB response, direct", f"http://127.0.0.1:{self.up}/big", connections=4)
-        self.scenario("big", "10 MB response, outpost `none` (streamed)", f"{o}/big", "none", connections=4)
+        self.say("| scenario | req/s | req/s range | p50 ms | p99 ms | p99.9 ms | MB/s | errors |")
+        self.say("|---|---|---|---|---|---|---|---|")
+        up, px, fl = (f"http://127.0.0.1:{p}" for p in (self.up, self.proxy, self.floor))
+        self.scenarios([
+            ("direct", "direct to the upstream", f"{up}/v1/items", "", None),
+            ("nginx", "nginx reverse proxy (static Authorization)", f"{px}/v1/items", "", None),
+            ("floor", "floor: minimal hyper proxy (static Authorization)", f"{fl}/v1/items", "", None),
+            ("none", "outpost, `none`", f"{o}/v1/items", "none", None),
+            ("bearer", "outpost, `bearer_static`", f"{o}/v1/items", "bearer", None),
+            ("hmac", "outpost, `hmac_signed` (query)", f"{o}/v1/items?a=1&b=2", "hmac", None),
+            ("oauth2", "outpost, `oauth2_client_credentials` (cached token)", f"{o}/v1/items", "oauth2", None),
+            ("allow50", "outpost, allowlist of 50 rules (last matches)",
+             f"{o}/v49/orgs/acme/repos/a/b/items/42", "allow50", None),
+            ("rl_embedded", "outpost, rate limiter on, embedded store", f"{o}/v1/items", "ratelimited", None),
+            ("rl_redis", "outpost, rate limiter on, Redis",
+             f"http://127.0.0.1:{redis_port}/v1/items", "ratelimited", None),
+            ("big_direct", "10 MB response, direct", f"{up}/big", "", 4),
+            ("big", "10 MB response, outpost `none` (streamed)", f"{o}/big", "none", 4),
+        ])
         peak_rss = rss_kib(main.pid, "VmHWM")
         redis_outpost.terminate()
 
@@ -363,17 +379,24 @@ class Bench:
         # Latency at a paced rate: 8 connections, each pausing 10 ms between requests
         # (about 800 req/s in all).
         self.say()
-        self.say("### Latency at ~800 req/s (wrk -t1 -c8, 10 ms pause per connection)")
+        self.say(f"### Latency at ~800 req/s (wrk -t1 -c8, 10 ms pause per connection, "
+                 f"median of {a.repeat} interleaved runs)")
         self.say()
         self.say("| target | req/s | p50 ms | p99 ms | p99.9 ms |")
         self.say("|---|---|---|---|---|")
+        targets = [("direct", f"http://127.0.0.1:{self.up}/v1/items", ""),
+                   ("nginx", f"http://127.0.0.1:{self.proxy}/v1/items", ""),
+                   ("floor", f"http://127.0.0.1:{self.floor}/v1/items", ""),
+                   ("bearer", f"{o}/v1/items", "bearer")]
+        runs = {key: [] for key, _, _ in targets}
+        for _ in range(a.repeat):
+            for key, url, prov in targets:
+                runs[key].append(self.wrk(url, prov, seconds=a.seconds, connections=8, threads=1, delay_ms=10))
         paced = {}
-        for key, url, prov in [("direct", f"http://127.0.0.1:{self.up}/v1/items", ""),
-                               ("nginx", f"http://127.0.0.1:{self.proxy}/v1/items", ""),
-                               ("floor", f"http://127.0.0.1:{self.floor}/v1/items", ""),
-                               ("bearer", f"{o}/v1/items", "bearer")]:
-            r = self.wrk(url, prov, seconds=a.seconds, connections=8, threads=1, delay_ms=10)
-            paced[key] = r
+        for key, _, _ in targets:
+            med = lambda f: statistics.median(r[f] for r in runs[key])
+            paced[key] = {"rps": med("rps"), "p50": med("p50"), "p99": med("p99"), "p999": med("p999")}
+            r = paced[key]
             self.say(f"| {key} | {r['rps']:,.0f} | {r['p50']/1000:.3f} | {r['p99']/1000:.3f} | {r['p999']/1000:.3f} |")
         added50 = (paced["bearer"]["p50"] - paced["direct"]["p50"])
         added99 = (paced["bearer"]["p99"] - paced["direct"]["p99"])
@@ -477,6 +500,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=10, help="seconds per scenario (default 10)")
     ap.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="interleaved runs of each throughput and latency scenario; medians reported (default 3)")
     ap.add_argument("--soak-seconds", type=int, default=600, help="RSS soak length (default 600)")
     ap.add_argument("--nginx-workers", type=int, default=2,
                     help="worker processes of the reference nginx proxy (default 2)")
@@ -484,13 +509,13 @@ def main():
                     help="worker processes of the nginx upstream (default 1)")
     ap.add_argument("--skip-build", action="store_true",
                     help="use the existing target/release/outpost (and micro-benchmark binary)")
-    ap.add_argument("--quick", action="store_true", help="3 s scenarios, 30 s soak")
+    ap.add_argument("--quick", action="store_true", help="3 s scenarios, one run each, 30 s soak")
     ap.add_argument("--install", action="store_true", help="apt-get install wrk nginx redis-server first")
     ap.add_argument("--report", default=str(ROOT / "target" / "bench" / "report.md"),
                     help="also write the report here (markdown)")
     a = ap.parse_args()
     if a.quick:
-        a.seconds, a.soak_seconds = 3, 30
+        a.seconds, a.soak_seconds, a.repeat = 3, 30, 1
     if a.install:
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk", "nginx", "redis-server"], check=True,
                        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
