@@ -155,36 +155,16 @@ fn sign_benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, state: &AppStat
     for (name, _) in PROVIDERS {
         let signer = generation.providers.by_name[*name].signer.as_ref().unwrap();
         group.bench_function(format!("{name}/fresh"), |b| {
-            b.to_async(rt).iter(|| async {
-                state
-                    .runtime
-                    .sign(
-                        &signer.module,
-                        signer.env.clone(),
-                        &signer.config,
-                        &signer.info,
-                        request(),
-                        None,
-                    )
-                    .await
-                    .unwrap()
-            })
+            b.to_async(rt)
+                .iter(|| async { signer.sign(&state.runtime, request(), None).await.unwrap() })
         });
         // The proxy's path for a module that declares itself stateless: a kept
         // instance (OUTPOST_PLUGIN_REUSE), fresh only when none is idle.
         let pool = outpost::runtime::InstancePool::new(u32::MAX);
         group.bench_function(format!("{name}/kept"), |b| {
             b.to_async(rt).iter(|| async {
-                state
-                    .runtime
-                    .sign(
-                        &signer.module,
-                        signer.env.clone(),
-                        &signer.config,
-                        &signer.info,
-                        request(),
-                        Some(&pool),
-                    )
+                signer
+                    .sign(&state.runtime, request(), Some(&pool))
                     .await
                     .unwrap()
             })
@@ -291,18 +271,7 @@ fn signer_p99(rt: &tokio::runtime::Runtime, state: &AppState) {
                 let mut out = Vec::with_capacity(calls);
                 for i in 0..calls + 1000 {
                     let t = Instant::now();
-                    state
-                        .runtime
-                        .sign(
-                            &signer.module,
-                            signer.env.clone(),
-                            &signer.config,
-                            &signer.info,
-                            request(),
-                            pool,
-                        )
-                        .await
-                        .unwrap();
+                    signer.sign(&state.runtime, request(), pool).await.unwrap();
                     if i >= 1000 {
                         out.push(t.elapsed());
                     }

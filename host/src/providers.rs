@@ -64,6 +64,26 @@ pub struct Signer {
 }
 
 impl Signer {
+    /// Run the module's `sign-request` (see [`Runtime::sign`]): in a kept instance from
+    /// `pool` when one is idle, else in a fresh one.
+    pub async fn sign(
+        &self,
+        runtime: &Runtime,
+        request: crate::runtime::Request,
+        pool: Option<&InstancePool>,
+    ) -> Result<crate::runtime::Request, CallError> {
+        runtime
+            .sign(
+                &self.module,
+                self.env.clone(),
+                &self.config,
+                &self.info,
+                request,
+                pool,
+            )
+            .await
+    }
+
     /// Let a module call go ahead, unless the circuit breaker has disabled the module.
     pub fn admit(&self, provider: &str) -> Result<(), crate::error::ProxyError> {
         let now = std::time::Instant::now();

@@ -44,11 +44,12 @@ pub async fn acquire(
         retry_after: retry.as_secs_f64().max(0.1),
     };
     let cooldown = cooldown_key(&def.name, category);
-    let keys: Vec<String> = windows_for(def, category)
+    let windows = windows_for(def, category);
+    let keys: Vec<String> = windows
         .iter()
         .map(|w| format!("rl:{}:{}:{}", def.name, category, w.window_ms))
         .collect();
-    let limits: Vec<Limit<'_>> = windows_for(def, category)
+    let limits: Vec<Limit<'_>> = windows
         .iter()
         .zip(&keys)
         .map(|(w, key)| Limit {

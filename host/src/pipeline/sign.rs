@@ -82,19 +82,11 @@ pub async fn sign(
     };
     signer.admit(&provider.def.name)?;
     let started = std::time::Instant::now();
-    let outcome = state
-        .runtime
-        .sign(
-            &signer.module,
-            signer.env.clone(),
-            &signer.config,
-            &signer.info,
-            request,
-            signer.pool.as_ref(),
-        )
+    let outcome = signer
+        .sign(&state.runtime, request, signer.pool.as_ref())
         .await;
     signer.record(&provider.def.name, &outcome, &state.metrics);
-    let signed = outcome.map_err(|e| {
+    let mut signed = outcome.map_err(|e| {
             let msg = signer.env.grants.redact(&e.to_string());
             tracing::warn!(provider = %provider.def.name, module = %signer.module.name, "signing failed: {msg}");
             match e {
@@ -103,7 +95,6 @@ pub async fn sign(
             }
         })?;
     state.metrics.signer(&provider.def.name, started.elapsed());
-    let mut signed = signed;
     let (request, body, buffered) = match (signed.body.take(), buffered) {
         (Some(replacement), _) => {
             let b = Bytes::from(replacement);

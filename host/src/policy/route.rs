@@ -21,7 +21,6 @@ pub struct Route {
 #[derive(Debug, Clone)]
 struct AllowEntry {
     method: String,
-    glob: Glob,
     route: Route,
 }
 
@@ -40,6 +39,11 @@ pub struct RoutePolicy {
     default_category: String,
 }
 
+/// Every glob of `globs` in one automaton, for one pass over a path.
+fn regex_set(key: &str, globs: &[Glob]) -> Result<RegexSet, (String, String)> {
+    RegexSet::new(globs.iter().map(Glob::regex)).map_err(|e| (key.to_string(), e.to_string()))
+}
+
 /// GET, HEAD and OPTIONS are reads; every other method, including unknown tokens, is a
 /// write (D8).
 pub fn is_write(method: &str) -> bool {
@@ -49,32 +53,35 @@ pub fn is_write(method: &str) -> bool {
 impl RoutePolicy {
     /// Compile; errors carry the key path of the offending rule.
     pub fn compile(fwd: &Forwarding, allow: &[AllowRule]) -> Result<Self, (String, String)> {
-        let mut deny = Vec::new();
-        for (i, pattern) in fwd.deny.iter().enumerate() {
-            deny.push(Glob::new(pattern, true).map_err(|e| (format!("forwarding.deny[{i}]"), e))?);
-        }
-        let mut entries = Vec::new();
-        for (i, rule) in allow.iter().enumerate() {
-            let glob = Glob::new(&rule.pattern, false)
-                .map_err(|e| (format!("forwarding.allow[{i}]"), e))?;
-            entries.push(AllowEntry {
+        let deny = fwd
+            .deny
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Glob::new(p, true).map_err(|e| (format!("forwarding.deny[{i}]"), e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let allow_globs = allow
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Glob::new(&r.pattern, false).map_err(|e| (format!("forwarding.allow[{i}]"), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let entries = allow
+            .iter()
+            .map(|rule| AllowEntry {
                 method: rule.method.clone(),
-                glob,
                 route: Route {
                     category: rule.category.clone(),
                     cache_ttl: rule.cache_ttl,
                     sensitive: rule.sensitive,
                 },
-            });
-        }
-        let set = |key: &str, globs: &mut dyn Iterator<Item = &Glob>| {
-            RegexSet::new(globs.map(Glob::regex)).map_err(|e| (key.to_string(), e.to_string()))
-        };
+            })
+            .collect();
         Ok(Self {
             mode: fwd.mode,
-            allow_set: set("forwarding.allow", &mut entries.iter().map(|e| &e.glob))?,
             allow: entries,
-            deny_set: set("forwarding.deny", &mut deny.iter())?,
+            allow_set: regex_set("forwarding.allow", &allow_globs)?,
+            deny_set: regex_set("forwarding.deny", &deny)?,
             deny,
             treat_writes_as_sensitive: fwd.treat_writes_as_sensitive,
             default_cache_ttl: fwd.default_cache_ttl,
@@ -99,13 +106,12 @@ impl RoutePolicy {
                 None => candidates.push(format!("{p}/")),
             }
         }
-        if !candidates.iter().any(|c| self.deny_set.is_match(c)) {
-            return None;
-        }
-        self.deny
+        // The first deny glob, in file order, that matches any candidate.
+        candidates
             .iter()
-            .find(|g| candidates.iter().any(|c| g.matches(c)))
-            .map(Glob::source)
+            .filter_map(|c| self.deny_set.matches(c).iter().next())
+            .min()
+            .map(|i| self.deny[i].source())
     }
 
     /// The route for `method` (upper-case) on `canonical`, or `None` (allowlist miss).
