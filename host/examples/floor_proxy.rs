@@ -1,8 +1,9 @@
 //! The floor for the load benchmark (`benches/load.py`): the least a reverse proxy built
-//! on Outpost's HTTP stack (tokio, hyper, hyper-util's pooled client) can do — forward
-//! every request to one upstream with a static `Authorization` header. No policy, no
-//! signing, no limits: not something to deploy, a measure of what the stack itself costs
-//! on this machine.
+//! on Outpost's HTTP stack (tokio, hyper, hyper-util's pooled client, and Outpost's
+//! serving threads: an acceptor handing connections to one single-threaded runtime per
+//! CPU, each with its own client) can do — forward every request to one upstream with a
+//! static `Authorization` header. No policy, no signing, no limits: not something to
+//! deploy, a measure of what the stack itself costs on this machine.
 //!
 //! ```sh
 //! cargo run --release -p outpost --example floor_proxy -- 127.0.0.1:8081 127.0.0.1:18095
@@ -10,12 +11,14 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use outpost::worker::Workers;
 
 type Body = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
 
@@ -25,50 +28,76 @@ fn bad_gateway() -> Response<Body> {
     r
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+thread_local! {
+    /// Each serving thread's own pooled client.
+    static CLIENT: std::cell::OnceCell<Client<HttpConnector, Incoming>> =
+        const { std::cell::OnceCell::new() };
+}
+
+fn client() -> Client<HttpConnector, Incoming> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+async fn serve(stream: std::net::TcpStream, upstream: Arc<str>) {
+    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+        return;
+    };
+    let auth = HeaderValue::from_static("Bearer bench-token-value");
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let auth = auth.clone();
+        let uri = format!(
+            "http://{upstream}{}",
+            req.uri().path_and_query().map_or("/", |p| p.as_str())
+        )
+        .parse::<Uri>();
+        let (mut parts, body) = req.into_parts();
+        let sent = uri.map(|uri| {
+            parts.uri = uri;
+            parts.headers.remove(http::header::HOST);
+            parts.headers.insert(http::header::AUTHORIZATION, auth);
+            CLIENT.with(|c| {
+                c.get_or_init(client)
+                    .request(Request::from_parts(parts, body))
+            })
+        });
+        async move {
+            Ok::<_, Infallible>(match sent {
+                Ok(sent) => match sent.await {
+                    Ok(resp) => resp.map(Body::Left),
+                    Err(_) => bad_gateway(),
+                },
+                Err(_) => bad_gateway(),
+            })
+        }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (Some(upstream), Some(listen)) = (args.next(), args.next()) else {
         return Err("usage: floor_proxy <upstream host:port> <listen host:port>".into());
     };
     let listen: SocketAddr = listen.parse()?;
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, Incoming> =
-        Client::builder(TokioExecutor::new()).build(connector);
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let auth = HeaderValue::from_static("Bearer bench-token-value");
-    loop {
-        let (stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
-        let (client, upstream, auth) = (client.clone(), upstream.clone(), auth.clone());
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let (client, auth) = (client.clone(), auth.clone());
-                let uri = format!(
-                    "http://{upstream}{}",
-                    req.uri().path_and_query().map_or("/", |p| p.as_str())
-                )
-                .parse::<Uri>();
-                async move {
-                    let Ok(uri) = uri else {
-                        return Ok::<_, Infallible>(bad_gateway());
-                    };
-                    let (mut parts, body) = req.into_parts();
-                    parts.uri = uri;
-                    parts.headers.remove(http::header::HOST);
-                    parts.headers.insert(http::header::AUTHORIZATION, auth);
-                    Ok(
-                        match client.request(Request::from_parts(parts, body)).await {
-                            Ok(resp) => resp.map(Body::Left),
-                            Err(_) => bad_gateway(),
-                        },
-                    )
-                }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    let upstream: Arc<str> = upstream.into();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    control.block_on(async move {
+        let mut workers = Workers::start(threads, || {}, move |s| serve(s, upstream.clone()))?;
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            if workers.dispatch(stream.into_std()?).is_err() {
+                return Err("the serving threads stopped".into());
+            }
+        }
+    })
 }

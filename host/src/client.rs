@@ -29,3 +29,24 @@ pub fn build(connect_timeout: Duration) -> HttpClient {
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https)
 }
+
+thread_local! {
+    /// A serving worker's own client (see [`crate::worker`]).
+    static WORKER: std::cell::OnceCell<HttpClient> = const { std::cell::OnceCell::new() };
+}
+
+/// Give this thread a client of its own, with its own connection pool: serving workers do,
+/// so a request and its pooled upstream connection share a thread. Once per thread.
+pub fn install_for_this_thread(client: HttpClient) {
+    WORKER.with(|c| {
+        let _ = c.set(client);
+    });
+}
+
+/// Send `request` upstream with this thread's own client if it has one, else `shared`.
+pub fn request(
+    shared: &HttpClient,
+    request: http::Request<Body>,
+) -> hyper_util::client::legacy::ResponseFuture {
+    WORKER.with(|c| c.get().unwrap_or(shared).request(request))
+}

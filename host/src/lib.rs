@@ -6,7 +6,8 @@
 //! component — sign the request, and forwards it. The agent never holds a secret.
 //!
 //! Module map, in the order a request meets it:
-//! - [`server`] — the HTTP front; [`management`] — health, readiness, docs, metrics;
+//! - [`server`] — the HTTP front: accepts connections; [`worker`] — the serving threads
+//!   they are handed to; [`management`] — health, readiness, docs, metrics;
 //! - [`pipeline`] — the request's phases, one module each; [`idle`] — idle timeouts on
 //!   streamed bodies, both ways;
 //! - [`runtime`] — the WebAssembly runtime that runs auth modules;
@@ -35,3 +36,4 @@ pub mod providers;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod worker;

@@ -126,6 +126,9 @@ struct Flags {
     /// Client connections served at once; more get 503 [env: OUTPOST_MAX_CONNECTIONS]
     #[arg(long)]
     max_connections: Option<String>,
+    /// Serving threads; default one per CPU [env: OUTPOST_WORKERS]
+    #[arg(long)]
+    workers: Option<String>,
     /// `text` or `json` [env: OUTPOST_LOG_FORMAT]
     #[arg(long)]
     log_format: Option<String>,
@@ -170,6 +173,7 @@ impl Flags {
             ("OUTPOST_PLUGIN_TRAP_COOLDOWN", self.plugin_trap_cooldown),
             ("OUTPOST_HEADER_TIMEOUT", self.header_timeout),
             ("OUTPOST_MAX_CONNECTIONS", self.max_connections),
+            ("OUTPOST_WORKERS", self.workers),
             ("OUTPOST_LOG_FORMAT", self.log_format),
             ("OUTPOST_STATE_MAX_ENTRIES", self.state_max_entries),
             ("OUTPOST_STATE_MAX_BYTES", self.state_max_bytes),

@@ -406,5 +406,13 @@ fn load_module(
             Err(e) => return Err(format!("cannot read plugin {}: {e}", path.display())),
         },
     };
-    tokio::task::block_in_place(|| runtime.load(name, &bytes, source)).map_err(|e| e.to_string())
+    let load = || runtime.load(name, &bytes, source);
+    // Compiling blocks: on the multi-threaded control runtime, let its other tasks move
+    // to another thread meanwhile (block_in_place is not available on a single-threaded
+    // runtime, where there is no other thread to move them to).
+    let loaded = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(load),
+        _ => load(),
+    };
+    loaded.map_err(|e| e.to_string())
 }

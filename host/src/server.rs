@@ -241,27 +241,28 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most request headers accepted; more → 431.
 pub const MAX_HEADERS: usize = 128;
 
-/// Bind and serve until SIGINT/SIGTERM.
+/// A connection the acceptor hands to a worker.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+/// Bind and serve until SIGINT/SIGTERM. This task accepts; the connections are served on
+/// [`crate::worker`] threads.
 pub async fn serve(state: AppState) -> Result<(), StartError> {
     let addr = SocketAddr::new(state.settings.host, state.settings.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
     let bound = listener.local_addr().map_err(StartError::Serve)?;
-    tracing::info!(addr = %bound, providers = ?state.current().providers.usable(), "outpost listening on {bound}");
     let state = Arc::new(state);
+    let mut workers = start_workers(&state).map_err(StartError::Serve)?;
+    tracing::info!(addr = %bound, workers = workers.len(), providers = ?state.current().providers.usable(), "outpost listening on {bound}");
     spawn_reloaders(state.clone());
-    let router = app(state.clone());
     let max_connections = state.settings.max_connections;
     let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.settings.header_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let stop = shutdown();
     tokio::pin!(stop);
@@ -290,59 +291,113 @@ pub async fn serve(state: AppState) -> Result<(), StartError> {
             tokio::spawn(refuse_connection(stream, max_connections));
             continue;
         };
-        let router = router.clone();
-        let state = state.clone();
-        let verdicts = crate::framing::Verdicts::default();
-        let io = crate::framing::Watched::new(stream, verdicts.clone());
-        let service = hyper::service::service_fn(
-            move |req: http::Request<hyper::body::Incoming>| {
-                let ambiguous =
-                    req.version() < http::Version::HTTP_2 && verdicts.next_is_ambiguous();
-                let mut req = req.map(Body::new);
-                // Proxied requests skip the router: it would only send them to its
-                // fallback, after a clone, a route lookup and two extractors.
-                let route = if is_management(&req) {
-                    Ok(router.clone())
-                } else {
-                    Err(state.clone())
-                };
-                async move {
-                    if ambiguous {
-                        tracing::warn!(%peer, "refused a request with both Content-Length and Transfer-Encoding");
-                        let e = crate::error::ProxyError::BadRequest(
-                            "Content-Length together with Transfer-Encoding is ambiguous".into(),
-                        );
-                        return Ok(axum::response::IntoResponse::into_response(e));
-                    }
-                    match route {
-                        Ok(router) => {
-                            req.extensions_mut().insert(ConnectInfo(peer));
-                            router.oneshot(req).await
-                        }
-                        Err(state) => Ok(crate::pipeline::handle(state, peer, req).await),
-                    }
-                }
-            },
-        );
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "connection ended: {e}");
+        // Off this runtime's reactor, onto the worker's.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, "cannot hand the connection to a worker: {e}");
+                continue;
             }
-            drop(permit);
-        });
+        };
+        let accepted = Accepted {
+            stream,
+            peer,
+            permit,
+            watcher: graceful.watcher(),
+        };
+        if workers.dispatch(accepted).is_err() {
+            tracing::error!("every serving thread has stopped; shutting down");
+            break;
+        }
     }
     drop(listener);
+    workers.close();
     if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("in-flight requests still running after 30 s; exiting");
     }
+    workers.stop().await;
     Ok(())
+}
+
+/// The serving threads, each with its own upstream client, serving what the acceptor
+/// hands them.
+fn start_workers(state: &Arc<AppState>) -> std::io::Result<crate::worker::Workers<Accepted>> {
+    let router = app(state.clone());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.settings.header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
+    let connect_timeout = state.settings.connect_timeout;
+    let state = state.clone();
+    crate::worker::Workers::start(
+        state.settings.workers,
+        move || client::install_for_this_thread(client::build(connect_timeout)),
+        move |accepted| serve_connection(accepted, state.clone(), router.clone(), builder.clone()),
+    )
+}
+
+/// Serve one client connection, on a worker, until it closes or shutdown ends it.
+async fn serve_connection(
+    accepted: Accepted,
+    state: Arc<AppState>,
+    router: Router,
+    builder: auto::Builder<TokioExecutor>,
+) {
+    let Accepted {
+        stream,
+        peer,
+        permit,
+        watcher,
+    } = accepted;
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, "cannot serve the connection: {e}");
+            return;
+        }
+    };
+    let verdicts = crate::framing::Verdicts::default();
+    let io = crate::framing::Watched::new(stream, verdicts.clone());
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let ambiguous = req.version() < http::Version::HTTP_2 && verdicts.next_is_ambiguous();
+        let mut req = req.map(Body::new);
+        // Proxied requests skip the router: it would only send them to its
+        // fallback, after a clone, a route lookup and two extractors.
+        let route = if is_management(&req) {
+            Ok(router.clone())
+        } else {
+            Err(state.clone())
+        };
+        async move {
+            if ambiguous {
+                tracing::warn!(%peer, "refused a request with both Content-Length and Transfer-Encoding");
+                let e = crate::error::ProxyError::BadRequest(
+                    "Content-Length together with Transfer-Encoding is ambiguous".into(),
+                );
+                return Ok(axum::response::IntoResponse::into_response(e));
+            }
+            match route {
+                Ok(router) => {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    router.oneshot(req).await
+                }
+                Err(state) => Ok(crate::pipeline::handle(state, peer, req).await),
+            }
+        }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
+    drop(permit);
 }
 
 /// Answer a connection over the limit with `503 PROXY_TOO_MANY_CONNECTIONS` and close

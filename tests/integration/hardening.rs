@@ -403,3 +403,86 @@ async fn hostile_agents_are_refused_cleanly() {
         "a very long path was forwarded"
     );
 }
+
+/// SIGTERM while requests are in flight on several serving threads: new connections are
+/// refused at once, the requests in flight get their whole responses, then the process
+/// exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_in_flight_requests_finish_on_every_worker() {
+    use tokio::io::AsyncWriteExt;
+    // An upstream that answers each request after 1.5 s.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = arrived.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nslow-done")
+                    .await;
+            });
+        }
+    });
+    let cfg = Config::new().env("OUTPOST_WORKERS", "3");
+    cfg.provider(
+        "slow.yaml",
+        &format!("name: slow\nbase_url: http://{upstream}\nauth: {{type: none}}\n"),
+    );
+    let mut outpost = Outpost::start(&cfg);
+    assert!(outpost.logs().contains("workers=3"), "{}", outpost.logs());
+
+    // Six requests on six connections: two per worker.
+    let mut in_flight = Vec::new();
+    for i in 0..6 {
+        let url = outpost.url(&format!("/r{i}"));
+        in_flight.push(tokio::spawn(async move {
+            let resp = client()
+                .get(url)
+                .header("X-Provider", "slow")
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while arrived.load(Ordering::SeqCst) < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "requests never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &outpost.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(outpost.addr).await.is_err(),
+        "the listener must close on SIGTERM"
+    );
+    for r in in_flight {
+        assert_eq!(r.await.unwrap(), (200, "slow-done".to_string()));
+    }
+    let status = outpost.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", outpost.logs());
+    assert!(outpost.logs().contains("finishing in-flight requests"));
+}

@@ -437,6 +437,18 @@ impl Outpost {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Wait up to `limit` for the process to exit by itself; its status, if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Stop (SIGKILL) and return the logs.
     pub fn stop(mut self) -> String {
         let _ = self.child.kill();

@@ -90,7 +90,12 @@ pub struct Settings {
     /// `OUTPOST_MAX_CONNECTIONS`: client connections served at once; more are answered
     /// 503 and closed.
     pub max_connections: usize,
+    /// `OUTPOST_WORKERS`: serving threads (default: one per CPU).
+    pub workers: usize,
 }
+
+/// Most serving threads `OUTPOST_WORKERS` may ask for.
+pub const MAX_WORKERS: usize = 256;
 
 /// The variables [`Settings::from_env`] reads, for `--help` and docs.
 pub const VARIABLES: &[&str] = &[
@@ -123,6 +128,7 @@ pub const VARIABLES: &[&str] = &[
     "OUTPOST_PLUGIN_TRAP_COOLDOWN",
     "OUTPOST_HEADER_TIMEOUT",
     "OUTPOST_MAX_CONNECTIONS",
+    "OUTPOST_WORKERS",
 ];
 
 struct Reader<'a> {
@@ -182,6 +188,23 @@ impl Reader<'_> {
             return default;
         }
         v
+    }
+
+    /// `OUTPOST_WORKERS`: 1 to [`MAX_WORKERS`], by default one per CPU.
+    fn workers(&mut self) -> usize {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS));
+        let v = self.positive("OUTPOST_WORKERS", cpus as u64);
+        match usize::try_from(v) {
+            Ok(n) if n <= MAX_WORKERS => n,
+            _ => {
+                self.fail(
+                    "OUTPOST_WORKERS",
+                    &v.to_string(),
+                    format!("at most {MAX_WORKERS}"),
+                );
+                cpus
+            }
+        }
     }
 }
 
@@ -264,6 +287,7 @@ impl Settings {
             header_timeout: r.seconds("OUTPOST_HEADER_TIMEOUT", 10.0),
             max_connections: usize::try_from(r.positive("OUTPOST_MAX_CONNECTIONS", 1024))
                 .unwrap_or(usize::MAX),
+            workers: r.workers(),
             state_caps: crate::state::Caps {
                 entries: usize::try_from(r.positive("OUTPOST_STATE_MAX_ENTRIES", 10_000))
                     .unwrap_or(usize::MAX),
@@ -348,5 +372,23 @@ mod tests {
         assert_eq!(s.trusted_proxies[1].to_string(), "::1/128");
         assert_eq!(s.default_provider, "github");
         assert!(s.cache_dir.is_none());
+    }
+
+    #[test]
+    fn workers_default_to_one_per_cpu_and_are_bounded() {
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(
+            Settings::from_env(&MapEnv::default()).unwrap().workers,
+            cpus
+        );
+        let one = MapEnv::from_pairs([("OUTPOST_WORKERS", "1")]);
+        assert_eq!(Settings::from_env(&one).unwrap().workers, 1);
+        for bad in ["0", "257", "many"] {
+            let env = MapEnv::from_pairs([("OUTPOST_WORKERS", bad)]);
+            let errs = Settings::from_env(&env).unwrap_err();
+            assert_eq!(errs.len(), 1, "{bad}");
+            assert_eq!(errs[0].key, "OUTPOST_WORKERS");
+            assert!(errs[0].reason.contains(bad), "{bad}: {}", errs[0].reason);
+        }
     }
 }

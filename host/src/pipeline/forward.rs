@@ -80,7 +80,12 @@ pub async fn forward(
 
     let timeout = state.settings.upstream_timeout;
     let sent = std::time::Instant::now();
-    let response = match tokio::time::timeout(timeout, state.client.request(request)).await {
+    let response = match tokio::time::timeout(
+        timeout,
+        crate::client::request(&state.client, request),
+    )
+    .await
+    {
         Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
         Ok(Err(e)) => {
             if let Some(idle) = super::is_body_idle(&e) {
