@@ -28,6 +28,10 @@ fn bad_gateway() -> Response<Body> {
     r
 }
 
+/// The allocator `outpost` uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 thread_local! {
     /// Each serving thread's own pooled client.
     static CLIENT: std::cell::OnceCell<Client<HttpConnector, Incoming>> =
