@@ -121,9 +121,9 @@ async fn looping_plugin_is_cut_off_while_others_keep_serving() {
     );
     let outpost = Outpost::start(&cfg);
     let c = client();
-    // Idle long enough for the epoch thread to park: the calls below must wake it, or
-    // no CPU deadline would ever fire.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Idle long enough for the epoch thread to park (no call for a second): the calls
+    // below must wake it, or no CPU deadline would ever fire.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // Several looping requests at once, and a steady stream of healthy ones meanwhile.
     let loops: Vec<_> = (0..4)
@@ -179,6 +179,22 @@ async fn looping_plugin_is_cut_off_while_others_keep_serving() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "the proxy keeps serving");
+
+    // After a short quiet spell the epoch thread naps instead of ticking, and a call
+    // that starts meanwhile does not wake it: its deadline still fires, at most one nap
+    // (20 ms) later.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let r = c
+        .get(outpost.url("/spin-after-nap"))
+        .header("X-Provider", "loop")
+        .send()
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("CPU deadline"));
+    assert!(took < Duration::from_secs(2), "cut off too late: {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

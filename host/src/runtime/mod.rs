@@ -231,12 +231,21 @@ impl std::fmt::Debug for LoadedModule {
     }
 }
 
-/// Ticks without a module call after which the epoch thread parks.
-const PARK_AFTER_TICKS: u32 = 50;
+/// Ticks without a module call after which the epoch thread naps instead of ticking.
+const NAP_AFTER_TICKS: u32 = 5;
 
-/// The epoch thread's shared state. The thread ticks only while module calls run (and
-/// for [`PARK_AFTER_TICKS`] after the last one), so an idle proxy does not wake 500 times
-/// a second.
+/// One nap. A call that starts during a nap does not wake the thread (that would cost
+/// the call a wake-up), so its first CPU check comes up to this much later than it
+/// would while ticking.
+const NAP: Duration = Duration::from_millis(20);
+
+/// Naps without a module call after which the epoch thread parks until a call wakes it.
+const PARK_AFTER_NAPS: u32 = 50;
+
+/// The epoch thread's shared state. The thread ticks every [`TICK`] while module calls
+/// run; once none has run for a few ticks it wakes only every [`NAP`], and once none has
+/// run for a second it parks. So a proxy under light load wakes it 50 times a second
+/// rather than 500, and an idle one not at all.
 #[derive(Default)]
 struct TickerState {
     stop: AtomicBool,
@@ -250,19 +259,14 @@ struct TickerState {
 impl TickerState {
     /// The epoch thread's loop.
     fn run(&self, engine: wasmtime::EngineWeak) {
-        let mut idle_ticks = 0u32;
+        let (mut idle_ticks, mut idle_naps) = (0u32, 0u32);
         while !self.stop.load(Ordering::Relaxed) {
-            std::thread::sleep(TICK);
-            match engine.upgrade() {
-                Some(engine) => engine.increment_epoch(),
-                None => break,
-            }
-            if self.active.load(Ordering::SeqCst) > 0 {
-                idle_ticks = 0;
-                continue;
-            }
-            idle_ticks += 1;
-            if idle_ticks >= PARK_AFTER_TICKS {
+            if idle_ticks < NAP_AFTER_TICKS {
+                std::thread::sleep(TICK);
+            } else if idle_naps < PARK_AFTER_NAPS {
+                std::thread::sleep(NAP);
+                idle_naps += 1;
+            } else {
                 // Either a starting call sees `parked` and unparks us, or we see its
                 // `active` increment here and do not park (both SeqCst).
                 self.parked.store(true, Ordering::SeqCst);
@@ -270,7 +274,15 @@ impl TickerState {
                     std::thread::park_timeout(Duration::from_secs(1));
                 }
                 self.parked.store(false, Ordering::SeqCst);
-                idle_ticks = 0;
+            }
+            match engine.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => break,
+            }
+            if self.active.load(Ordering::SeqCst) > 0 {
+                (idle_ticks, idle_naps) = (0, 0);
+            } else {
+                idle_ticks = idle_ticks.saturating_add(1);
             }
         }
     }
@@ -919,8 +931,8 @@ mod tests {
         );
         let call = state.busy();
         assert!(eventually(1, || !parked()), "a starting call unparks it");
-        // It keeps ticking for as long as the call runs.
-        std::thread::sleep(TICK * (PARK_AFTER_TICKS + 20));
+        // It keeps ticking for as long as the call runs: longer than it takes to park.
+        std::thread::sleep(TICK * NAP_AFTER_TICKS + NAP * (PARK_AFTER_NAPS + 10));
         assert!(!parked(), "parked during a call");
         drop(call);
         assert!(eventually(5, parked), "parks again once the call ended");
