@@ -1,7 +1,9 @@
 //! The HTTP front: [`app`] builds the router (management endpoints + the proxy
-//! fallback) so most tests need no socket; [`serve`] accepts connections with hyper's
-//! own limits (header size and count → 431, header read timeout) and shuts down
-//! gracefully, letting in-flight requests finish.
+//! fallback) so most tests need no socket; [`serve`] accepts connections, refuses those
+//! past the connection limit, and hands the rest to the serving threads
+//! ([`crate::worker`]), which serve them with hyper's own limits (header size and count
+//! → 431, header read timeout). It shuts down gracefully, letting in-flight requests
+//! finish on every thread.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
