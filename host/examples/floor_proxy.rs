@@ -94,7 +94,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     control.block_on(async move {
-        let mut workers = Workers::start(threads, || {}, move |s| serve(s, upstream.clone()))?;
+        let mut workers =
+            Workers::start(threads, || async {}, move |s| serve(s, upstream.clone()))?;
         let listener = tokio::net::TcpListener::bind(listen).await?;
         loop {
             let (stream, _) = listener.accept().await?;

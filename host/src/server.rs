@@ -336,10 +336,20 @@ fn start_workers(state: &Arc<AppState>) -> std::io::Result<crate::worker::Worker
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
     let connect_timeout = state.settings.connect_timeout;
-    let state = state.clone();
+    let (state, store) = (state.clone(), state.state.clone());
     crate::worker::Workers::start(
         state.settings.workers,
-        move || client::install_for_this_thread(client::build(connect_timeout)),
+        move || {
+            let store = store.clone();
+            async move {
+                client::install_for_this_thread(client::build(connect_timeout));
+                if let StateStore::Redis(redis) = &*store
+                    && let Err(e) = redis.connect_for_this_thread().await
+                {
+                    tracing::warn!("a serving thread uses the shared Redis client: {e}");
+                }
+            }
+        },
         move |accepted| serve_connection(accepted, state.clone(), router.clone(), builder.clone()),
     )
 }

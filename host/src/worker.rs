@@ -26,11 +26,13 @@ pub struct Workers<T> {
 }
 
 impl<T: Send + 'static> Workers<T> {
-    /// Start `count` workers (at least one). Each runs `setup` once on its thread, then
-    /// `serve(item)` as a task of its own for every item dispatched to it.
-    pub fn start<S, F, Fut>(count: usize, setup: S, serve: F) -> io::Result<Self>
+    /// Start `count` workers (at least one). Each runs `setup()` once on its runtime,
+    /// then `serve(item)` as a task of its own for every item dispatched to it (items
+    /// dispatched meanwhile wait in its queue).
+    pub fn start<S, SFut, F, Fut>(count: usize, setup: S, serve: F) -> io::Result<Self>
     where
-        S: Fn() + Clone + Send + 'static,
+        S: Fn() -> SFut + Clone + Send + 'static,
+        SFut: Future<Output = ()>,
         F: Fn(T) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
@@ -47,8 +49,8 @@ impl<T: Send + 'static> Workers<T> {
             let thread = std::thread::Builder::new()
                 .name(format!("outpost-worker-{n}"))
                 .spawn(move || {
-                    setup();
                     runtime.block_on(async move {
+                        setup().await;
                         while let Some(item) = rx.recv().await {
                             tokio::spawn(serve(item));
                         }
@@ -122,7 +124,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
         let mut workers = Workers::start(
             3,
-            || {},
+            || async {},
             move |n: usize| {
                 let (record, tx) = (record.clone(), tx.clone());
                 async move {
@@ -165,7 +167,10 @@ mod tests {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
         let mut workers = Workers::start(
             2,
-            move || *counted.lock().unwrap() += 1,
+            move || {
+                *counted.lock().unwrap() += 1;
+                async {}
+            },
             move |(): ()| {
                 let (mut go, done) = (go_rx.clone(), done_tx.clone());
                 async move {

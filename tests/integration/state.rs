@@ -214,6 +214,75 @@ async fn redis_down_fails_closed_and_recovers() {
         c.get(outpost.url("/readyz")).send().await.unwrap().status(),
         200
     );
+    // Every serving thread's own connection comes back too (each reconnects on its own,
+    // backing off up to 2 s): new connections are handed to the threads in turn.
+    loop {
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            answers.push(on_a_new_connection(&outpost, "p").await);
+        }
+        if answers.iter().all(|(status, _)| *status == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every serving thread recovered: {answers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `GET /x` for `provider` on a connection of its own (so on the next serving thread).
+async fn on_a_new_connection(outpost: &Outpost, provider: &str) -> (u16, String) {
+    let r = client()
+        .get(outpost.url("/x"))
+        .header("X-Provider", provider)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Each serving thread talks to Redis on a connection of its own (plus the shared one
+/// the control runtime uses), so a state command never waits for another thread.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_serving_thread_has_its_own_redis_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let (cfg, redis) = Backend::Redis.apply(Config::new().env("OUTPOST_WORKERS", "3"));
+    let redis = redis.unwrap();
+    cfg.provider(
+        "p.yaml",
+        &format!("name: p\nbase_url: {}\nauth: {{type: none}}\nforwarding:\n  rate_limits:\n    default: [{{capacity: 100, window_ms: 60000}}]\n", up.url()),
+    );
+    let outpost = Outpost::start(&cfg);
+    // One request per connection, so every thread has served one.
+    for _ in 0..3 {
+        let (status, body) = on_a_new_connection(&outpost, "p").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", redis.port))
+        .await
+        .unwrap();
+    s.write_all(b"CLIENT LIST\r\n").await.unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    // A bulk string: `$<len>\r\n<len bytes>\r\n`.
+    loop {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "Redis closed the connection");
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some((len, rest)) = text.strip_prefix('$').and_then(|t| t.split_once("\r\n"))
+            && rest.len() >= len.parse::<usize>().unwrap()
+        {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&reply);
+    let clients = text.lines().filter(|l| l.contains(" addr=")).count();
+    // Outpost's shared client, one per serving thread, and this one.
+    assert_eq!(clients, 1 + 3 + 1, "{text}");
 }
 
 async fn case_response_cache(backend: Backend) {
