@@ -535,6 +535,48 @@ mod tests {
             .unwrap()
     }
 
+    /// Every path the server hands to the router is one the router answers itself, not
+    /// with its proxy fallback (which, with no providers, answers an error envelope).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_router_answers_every_management_path_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts.yaml");
+        std::fs::write(&hosts, "hosts:\n  - id: local\n    cidrs: [127.0.0.1/32]\n").unwrap();
+        let path = |p: &str| dir.path().join(p).display().to_string();
+        let env = crate::config::env::MapEnv::from_pairs([
+            ("HOSTS_CONFIG_PATH", hosts.display().to_string()),
+            ("PROVIDERS_DIR", path("providers")),
+            ("PLUGINS_DIR", path("plugins")),
+            ("OUTPOST_CACHE_DIR", String::new()),
+        ]);
+        let settings = Settings::from_env(&env).unwrap();
+        let (state, _) = build(settings, Arc::new(env)).await.unwrap();
+        let router = app(Arc::new(state));
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let get = |uri: &str| {
+            let mut req = http::Request::builder()
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap();
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let router = router.clone();
+            async move {
+                let resp = router.oneshot(req).await.unwrap();
+                let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                String::from_utf8_lossy(&body).into_owned()
+            }
+        };
+        let proxied = |body: &str| body.starts_with(r#"{"status":"FAILURE""#);
+        for p in MANAGEMENT_PATHS {
+            let body = get(p).await;
+            assert!(!proxied(&body), "{p} went to the proxy: {body}");
+        }
+        let body = get("/healthz/").await;
+        assert!(proxied(&body), "{body}");
+    }
+
     #[test]
     fn only_gets_of_the_management_paths_bypass_the_proxy() {
         for path in MANAGEMENT_PATHS {
