@@ -451,15 +451,7 @@ async fn sigterm_lets_in_flight_requests_finish_on_every_worker() {
     let mut in_flight = Vec::new();
     for i in 0..6 {
         let url = outpost.url(&format!("/r{i}"));
-        in_flight.push(tokio::spawn(async move {
-            let resp = client()
-                .get(url)
-                .header("X-Provider", "slow")
-                .send()
-                .await
-                .unwrap();
-            (resp.status().as_u16(), resp.text().await.unwrap())
-        }));
+        in_flight.push(tokio::spawn(get_on_new_connection(url, "slow")));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while arrived.load(Ordering::SeqCst) < 6 {

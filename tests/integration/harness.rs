@@ -493,6 +493,18 @@ pub fn status_of(resp: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// `GET url` with `X-Provider: provider` on a connection of its own (a new client), so
+/// Outpost hands it to its next serving thread. Returns the status and the body.
+pub async fn get_on_new_connection(url: String, provider: &str) -> (u16, String) {
+    let r = client()
+        .get(url)
+        .header("X-Provider", provider)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -219,7 +219,7 @@ async fn redis_down_fails_closed_and_recovers() {
     loop {
         let mut answers = Vec::new();
         for _ in 0..4 {
-            answers.push(on_a_new_connection(&outpost, "p").await);
+            answers.push(get_on_new_connection(outpost.url("/x"), "p").await);
         }
         if answers.iter().all(|(status, _)| *status == 200) {
             break;
@@ -230,17 +230,6 @@ async fn redis_down_fails_closed_and_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// `GET /x` for `provider` on a connection of its own (so on the next serving thread).
-async fn on_a_new_connection(outpost: &Outpost, provider: &str) -> (u16, String) {
-    let r = client()
-        .get(outpost.url("/x"))
-        .header("X-Provider", provider)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
 }
 
 /// Each serving thread talks to Redis on a connection of its own (plus the shared one
@@ -258,7 +247,7 @@ async fn every_serving_thread_has_its_own_redis_connection() {
     let outpost = Outpost::start(&cfg);
     // One request per connection, so every thread has served one.
     for _ in 0..3 {
-        let (status, body) = on_a_new_connection(&outpost, "p").await;
+        let (status, body) = get_on_new_connection(outpost.url("/x"), "p").await;
         assert_eq!(status, 200, "{body}");
     }
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", redis.port))
