@@ -26,6 +26,10 @@ use outpost::config::settings::Settings;
 use outpost::runtime::Request;
 use outpost::server::AppState;
 
+/// The allocator `outpost` uses, so calls are measured as the proxy makes them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Providers whose modules sign without the network.
 const PROVIDERS: &[(&str, &str)] = &[
     ("none", "auth: {type: none}"),

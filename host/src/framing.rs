@@ -110,6 +110,18 @@ impl Scanner {
                         if data.is_empty() {
                             return;
                         }
+                        // The usual case: the whole head arrived in this read. It is
+                        // judged where it lies, without copying it.
+                        if let Some(end) = find(data, b"\r\n\r\n") {
+                            if end + 4 > MAX_SCAN {
+                                self.state = State::Off;
+                                return;
+                            }
+                            let (head, rest) = data.split_at(end + 4);
+                            data = rest;
+                            self.state = self.after_head(&head[..end]);
+                            continue;
+                        }
                     }
                     let before = buf.len();
                     buf.extend_from_slice(data);
@@ -207,10 +219,10 @@ impl Scanner {
             let Some((name, value)) = line.split_once(':') else {
                 continue;
             };
-            let name = name.trim().to_ascii_lowercase();
-            if name == "content-length" {
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("content-length") {
                 lengths.push(value.trim().to_string());
-            } else if name == "transfer-encoding" {
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 let v = value.trim().to_ascii_lowercase();
                 te = Some(match te {
                     Some(prev) => format!("{prev}, {v}"),
@@ -252,7 +264,7 @@ fn skip<'a>(left: &mut u64, data: &'a [u8]) -> &'a [u8] {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// A client connection with its request heads watched.

@@ -92,8 +92,18 @@ impl Metrics {
 
     /// Count a finished request.
     pub fn request(&self, provider: &str, status: u16, cache: &str) {
+        // A valid status's label is a static string: no allocation per request.
+        let code = http::StatusCode::from_u16(status);
+        let text;
+        let status = match &code {
+            Ok(c) => c.as_str(),
+            Err(_) => {
+                text = status.to_string();
+                &text
+            }
+        };
         self.requests
-            .with_label_values(&[provider, &status.to_string(), cache])
+            .with_label_values(&[provider, status, cache])
             .inc();
     }
 

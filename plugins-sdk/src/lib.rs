@@ -96,6 +96,70 @@ macro_rules! declare_stateless {
     };
 }
 
+/// Settings derived from the configuration, kept for the next call with the same
+/// configuration.
+///
+/// An instance that serves many calls (a module that declares itself stateless, see
+/// [`declare_stateless!`]) then parses its configuration, and reads the secrets it
+/// names, once instead of on every request. The configuration is compared byte for
+/// byte on each call, and only a successful derivation is kept, so a call never sees
+/// settings derived from another configuration, nor a cached failure. Secrets cannot
+/// change under it: Outpost resolves them when it loads the configuration, and a new
+/// configuration gets new instances. In a fresh instance per call it costs one copy of
+/// the configuration.
+///
+/// ```no_run
+/// use outpost_plugin_sdk::{Config, Error, Memo};
+///
+/// struct Settings { token: String }
+///
+/// fn settings(config: &str) -> Result<Settings, Error> {
+///     let cfg = Config::parse(config, "Fixture")?;
+///     Ok(Settings { token: cfg.required_secret("env")? })
+/// }
+///
+/// thread_local! { static SETTINGS: Memo<Settings> = const { Memo::new() }; }
+///
+/// fn token(config: &str) -> Result<String, Error> {
+///     SETTINGS.with(|m| m.get(config, settings).map(|s| s.token.clone()))
+/// }
+/// ```
+pub struct Memo<T> {
+    slot: std::cell::RefCell<Option<(String, std::rc::Rc<T>)>>,
+}
+
+impl<T> Memo<T> {
+    /// An empty memo.
+    pub const fn new() -> Self {
+        Self {
+            slot: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// The settings for `config`: the kept ones when `config` is the one they were
+    /// derived from, else `derive(config)`, kept when it succeeds.
+    pub fn get(
+        &self,
+        config: &str,
+        derive: impl FnOnce(&str) -> Result<T, Error>,
+    ) -> Result<std::rc::Rc<T>, Error> {
+        if let Some((kept, value)) = &*self.slot.borrow()
+            && kept == config
+        {
+            return Ok(value.clone());
+        }
+        let value = std::rc::Rc::new(derive(config)?);
+        *self.slot.borrow_mut() = Some((config.to_string(), value.clone()));
+        Ok(value)
+    }
+}
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 use serde_json::{Map, Value};
 
 /// The module's configuration: the provider's `auth:` block (or a plugin's `config:`
@@ -289,6 +353,34 @@ mod tests {
             name: name.into(),
             value: value.as_bytes().to_vec(),
         }
+    }
+
+    #[test]
+    fn memo_derives_again_only_for_another_config_and_keeps_no_failure() {
+        let memo = Memo::new();
+        let calls = std::cell::Cell::new(0);
+        let derive = |config: &str| {
+            calls.set(calls.get() + 1);
+            if config == "bad" {
+                Err(Error::Config("bad".into()))
+            } else {
+                Ok(config.len())
+            }
+        };
+        assert_eq!(*memo.get("abc", derive).unwrap(), 3);
+        assert_eq!(*memo.get("abc", derive).unwrap(), 3);
+        assert_eq!(calls.get(), 1, "the same config is derived once");
+        assert_eq!(*memo.get("abcd", derive).unwrap(), 4);
+        assert_eq!(calls.get(), 2, "another config is derived anew");
+        assert!(memo.get("bad", derive).is_err());
+        assert!(memo.get("bad", derive).is_err());
+        assert_eq!(calls.get(), 4, "a failure is not kept");
+        assert_eq!(*memo.get("abcd", derive).unwrap(), 4);
+        assert_eq!(
+            calls.get(),
+            4,
+            "a failed derivation leaves the kept settings"
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! agent can never smuggle a second key (D9).
 
 use outpost_plugin_sdk::{
-    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module, report_rejection, set_header,
+    BodyAccess, Config, Error, Guest, Memo, ModuleInfo, Request, ResponseHook, ResponseInfo,
+    Verdict, export_module, report_rejection, set_header,
 };
 
 const WHO: &str = "ApiKeyHeaderAuth";
@@ -51,6 +51,9 @@ fn settings(config: &str) -> Result<Settings, Error> {
     })
 }
 
+// Derived once per instance and configuration (see `Memo`), not on every request.
+thread_local! { static SETTINGS: Memo<Settings> = const { Memo::new() }; }
+
 struct ApiKeyHeader;
 
 impl Guest for ApiKeyHeader {
@@ -63,7 +66,7 @@ impl Guest for ApiKeyHeader {
     }
 
     fn sign_request(config: String, mut req: Request) -> Result<Request, Error> {
-        let s = settings(&config)?;
+        let s = SETTINGS.with(|m| m.get(&config, settings))?;
         set_header(&mut req.headers, &s.header, s.value.as_bytes());
         Ok(req)
     }

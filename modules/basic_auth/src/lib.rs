@@ -10,8 +10,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use outpost_plugin_sdk::{
-    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module, report_rejection, set_header,
+    BodyAccess, Config, Error, Guest, Memo, ModuleInfo, Request, ResponseHook, ResponseInfo,
+    Verdict, export_module, report_rejection, set_header,
 };
 
 const WHO: &str = "BasicAuth";
@@ -69,6 +69,9 @@ fn header_value(config: &str) -> Result<String, Error> {
     Ok(basic_value(&user, &pass))
 }
 
+// Derived once per instance and configuration (see `Memo`), not on every request.
+thread_local! { static HEADER: Memo<String> = const { Memo::new() }; }
+
 struct BasicAuth;
 
 impl Guest for BasicAuth {
@@ -81,7 +84,7 @@ impl Guest for BasicAuth {
     }
 
     fn sign_request(config: String, mut req: Request) -> Result<Request, Error> {
-        let value = header_value(&config)?;
+        let value = HEADER.with(|m| m.get(&config, header_value))?;
         set_header(&mut req.headers, "Authorization", value.as_bytes());
         Ok(req)
     }

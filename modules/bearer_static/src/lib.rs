@@ -6,8 +6,8 @@
 //! is only reported).
 
 use outpost_plugin_sdk::{
-    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module, report_rejection, set_header,
+    BodyAccess, Config, Error, Guest, Memo, ModuleInfo, Request, ResponseHook, ResponseInfo,
+    Verdict, export_module, report_rejection, set_header,
 };
 
 const WHO: &str = "BearerStaticAuth";
@@ -38,6 +38,9 @@ fn settings(config: &str) -> Result<Settings, Error> {
     })
 }
 
+// Derived once per instance and configuration (see `Memo`), not on every request.
+thread_local! { static SETTINGS: Memo<Settings> = const { Memo::new() }; }
+
 struct BearerStatic;
 
 impl Guest for BearerStatic {
@@ -50,7 +53,7 @@ impl Guest for BearerStatic {
     }
 
     fn sign_request(config: String, mut req: Request) -> Result<Request, Error> {
-        let s = settings(&config)?;
+        let s = SETTINGS.with(|m| m.get(&config, settings))?;
         set_header(&mut req.headers, &s.header, s.value.as_bytes());
         Ok(req)
     }

@@ -29,8 +29,8 @@ mod query;
 
 use hmac::{Hmac, Mac};
 use outpost_plugin_sdk::{
-    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module, report_rejection, set_header,
+    BodyAccess, Config, Error, Guest, Memo, ModuleInfo, Request, ResponseHook, ResponseInfo,
+    Verdict, export_module, report_rejection, set_header,
 };
 use query::{append_param, drop_params};
 use sha2::{Sha256, Sha512};
@@ -247,6 +247,25 @@ fn now_ms() -> Result<u64, Error> {
         .ok_or_else(|| Error::Internal(format!("{WHO}: the clock is before 1970.")))
 }
 
+/// What signing needs from the configuration: the settings and both secrets.
+struct Signing {
+    settings: Settings,
+    key: String,
+    secret: String,
+}
+
+fn signing(config: &str) -> Result<Signing, Error> {
+    let cfg = Config::parse(config, WHO)?;
+    Ok(Signing {
+        settings: settings(&cfg)?,
+        key: cfg.required_secret("key_env")?,
+        secret: cfg.required_secret("secret_env")?,
+    })
+}
+
+// Derived once per instance and configuration (see `Memo`), not on every request.
+thread_local! { static SIGNING: Memo<Signing> = const { Memo::new() }; }
+
 struct HmacSigned;
 
 impl Guest for HmacSigned {
@@ -265,13 +284,10 @@ impl Guest for HmacSigned {
     }
 
     fn sign_request(config: String, mut req: Request) -> Result<Request, Error> {
-        let cfg = Config::parse(&config, WHO)?;
-        let s = settings(&cfg)?;
-        let key = cfg.required_secret("key_env")?;
-        let secret = cfg.required_secret("secret_env")?;
+        let s = SIGNING.with(|m| m.get(&config, signing))?;
         // `body-access: read`: the body is shown, never replaced (`None` = unchanged).
         let body = req.body.take().unwrap_or_default();
-        let signed = sign(&s, &req.query, &body, now_ms()?, &key, &secret)?;
+        let signed = sign(&s.settings, &req.query, &body, now_ms()?, &s.key, &s.secret)?;
         req.query = signed.query;
         for (name, value) in &signed.headers {
             set_header(&mut req.headers, name, value.as_bytes());
