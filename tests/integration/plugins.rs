@@ -273,6 +273,56 @@ async fn wait_generation(outpost: &Outpost, want: u64) {
     }
 }
 
+/// Kept instances keep the settings they derived from their configuration (the SDK's
+/// `Memo`): two providers of one module, called in turn many times, each keep signing
+/// with their own settings and secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn kept_instances_sign_with_their_own_providers_settings() {
+    let up = Upstream::start().await;
+    let cfg = Config::new()
+        .env("TOKEN_A", "token-a-value")
+        .env("TOKEN_B", "token-b-value");
+    cfg.provider(
+        "a.yaml",
+        &format!(
+            "name: a\nbase_url: {}\nauth: {{type: bearer_static, env: TOKEN_A}}\n",
+            up.url()
+        ),
+    );
+    cfg.provider(
+        "b.yaml",
+        &format!(
+            "name: b\nbase_url: {}\nauth: {{type: bearer_static, env: TOKEN_B, header: X-Key, prefix: 'K '}}\n",
+            up.url()
+        ),
+    );
+    let outpost = Outpost::start(&cfg);
+    let c = client();
+    for i in 0..12 {
+        let provider = if i % 2 == 0 { "a" } else { "b" };
+        let r = c
+            .get(outpost.url(&format!("/{provider}/{i}")))
+            .header("X-Provider", provider)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 12);
+    for s in &seen {
+        let (authorization, key) = (s.header("authorization"), s.header("x-key"));
+        if s.target.starts_with("/a/") {
+            assert_eq!(authorization, Some("Bearer token-a-value"), "{}", s.target);
+            assert_eq!(key, None, "{}", s.target);
+        } else {
+            assert_eq!(key, Some("K token-b-value"), "{}", s.target);
+            assert_eq!(authorization, None, "{}", s.target);
+        }
+    }
+    outpost.stop();
+}
+
 fn reloading_provider(up: &Upstream, env: &str, allowed: &str) -> String {
     format!(
         "name: r\nbase_url: {}\nauth: {{type: bearer_static, env: {env}}}\nforwarding:\n  mode: allowlist\n  allow:\n    - {{method: GET, pattern: {allowed}}}\n",

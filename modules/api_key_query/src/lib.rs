@@ -9,8 +9,8 @@
 //! bytes and order, and `&<param>=<percent-encoded key>` is appended last.
 
 use outpost_plugin_sdk::{
-    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module, report_rejection,
+    BodyAccess, Config, Error, Guest, Memo, ModuleInfo, Request, ResponseHook, ResponseInfo,
+    Verdict, export_module, report_rejection,
 };
 
 mod query;
@@ -40,6 +40,23 @@ fn signed_query(query: &str, param: &str, key: &str) -> String {
     append_param(&drop_params(query, &[param]), param, key)
 }
 
+/// What signing needs: the parameter's name and the key.
+struct Signing {
+    param: String,
+    key: String,
+}
+
+fn signing(config: &str) -> Result<Signing, Error> {
+    let cfg = Config::parse(config, WHO)?;
+    Ok(Signing {
+        param: shape(&cfg)?.param.to_string(),
+        key: cfg.required_secret("env")?,
+    })
+}
+
+// Derived once per instance and configuration (see `Memo`), not on every request.
+thread_local! { static SIGNING: Memo<Signing> = const { Memo::new() }; }
+
 struct ApiKeyQuery;
 
 impl Guest for ApiKeyQuery {
@@ -54,10 +71,8 @@ impl Guest for ApiKeyQuery {
     }
 
     fn sign_request(config: String, mut req: Request) -> Result<Request, Error> {
-        let cfg = Config::parse(&config, WHO)?;
-        let s = shape(&cfg)?;
-        let key = cfg.required_secret("env")?;
-        req.query = signed_query(&req.query, s.param, &key);
+        let s = SIGNING.with(|m| m.get(&config, signing))?;
+        req.query = signed_query(&req.query, &s.param, &s.key);
         Ok(req)
     }
 

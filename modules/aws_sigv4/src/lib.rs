@@ -33,8 +33,8 @@
 mod query;
 use hmac::{Hmac, Mac};
 use outpost_plugin_sdk::{
-    BodyAccess, Config, Error, Guest, Header, ModuleInfo, Request, ResponseHook, ResponseInfo,
-    Verdict, export_module, report_rejection, secret, set_header,
+    BodyAccess, Config, Error, Guest, Header, Memo, ModuleInfo, Request, ResponseHook,
+    ResponseInfo, Verdict, export_module, report_rejection, secret, set_header,
 };
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -342,6 +342,25 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// What signing needs from the configuration: the settings and the credentials.
+struct Signing {
+    settings: Settings,
+    credentials: Credentials,
+}
+
+fn signing(config: &str) -> Result<Signing, Error> {
+    let cfg = Config::parse(config, WHO)?;
+    let settings = settings(&cfg)?;
+    let credentials = credentials(&cfg, &settings)?;
+    Ok(Signing {
+        settings,
+        credentials,
+    })
+}
+
+// Derived once per instance and configuration (see `Memo`), not on every request.
+thread_local! { static SIGNING: Memo<Signing> = const { Memo::new() }; }
+
 struct AwsSigV4;
 
 impl Guest for AwsSigV4 {
@@ -360,9 +379,8 @@ impl Guest for AwsSigV4 {
     }
 
     fn sign_request(config: String, mut req: Request) -> Result<Request, Error> {
-        let cfg = Config::parse(&config, WHO)?;
-        let s = settings(&cfg)?;
-        let creds = credentials(&cfg, &s)?;
+        let signing = SIGNING.with(|m| m.get(&config, signing))?;
+        let (s, creds) = (&signing.settings, &signing.credentials);
         // `body-access: read`: the body is shown, never replaced (`None` = unchanged).
         let body = req.body.take();
         let payload_hash = if s.unsigned_payload {
@@ -384,7 +402,7 @@ impl Guest for AwsSigV4 {
                 service: &s.service,
                 region: &s.region,
             },
-            &creds,
+            creds,
         )?;
         for (name, value) in &signed.headers {
             set_header(&mut req.headers, name, value.as_bytes());

@@ -31,8 +31,8 @@
 //! and reloads. Only a hash is stored, never the token itself.
 
 use outpost_plugin_sdk::{
-    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module, kv, secret, set_header,
+    BodyAccess, Config, Error, Guest, Memo, ModuleInfo, Request, ResponseHook, ResponseInfo,
+    Verdict, export_module, kv, secret, set_header,
 };
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -299,6 +299,10 @@ fn token(s: &Settings) -> Result<String, Error> {
     }
 }
 
+// Derived once per instance and configuration (see `Memo`), not on every request;
+// the token itself is read from the state store on every call.
+thread_local! { static SETTINGS: Memo<Settings> = const { Memo::new() }; }
+
 struct BearerRedis;
 
 impl Guest for BearerRedis {
@@ -315,7 +319,7 @@ impl Guest for BearerRedis {
     }
 
     fn sign_request(config: String, mut req: Request) -> Result<Request, Error> {
-        let s = settings(&Config::parse(&config, WHO)?)?;
+        let s = SETTINGS.with(|m| m.get(&config, |c| settings(&Config::parse(c, WHO)?)))?;
         let token = token(&s)?;
         set_header(
             &mut req.headers,

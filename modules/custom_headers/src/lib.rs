@@ -8,8 +8,8 @@
 //! configured and replace same-named agent headers case-insensitively (D9).
 
 use outpost_plugin_sdk::{
-    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module, report_rejection, secret, set_header,
+    BodyAccess, Config, Error, Guest, Memo, ModuleInfo, Request, ResponseHook, ResponseInfo,
+    Verdict, export_module, report_rejection, secret, set_header,
 };
 use serde_json::Value;
 
@@ -100,6 +100,9 @@ fn resolve(config: &str) -> Result<Vec<(String, String)>, Error> {
         .collect()
 }
 
+// Derived once per instance and configuration (see `Memo`), not on every request.
+thread_local! { static HEADERS: Memo<Vec<(String, String)>> = const { Memo::new() }; }
+
 struct CustomHeaders;
 
 impl Guest for CustomHeaders {
@@ -112,8 +115,8 @@ impl Guest for CustomHeaders {
     }
 
     fn sign_request(config: String, mut req: Request) -> Result<Request, Error> {
-        for (name, value) in resolve(&config)? {
-            set_header(&mut req.headers, &name, value.as_bytes());
+        for (name, value) in HEADERS.with(|m| m.get(&config, resolve))?.iter() {
+            set_header(&mut req.headers, name, value.as_bytes());
         }
         Ok(req)
     }

@@ -26,8 +26,8 @@ mod mint;
 
 use mint::Minted;
 use outpost_plugin_sdk::{
-    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module, secret,
+    BodyAccess, Config, Error, Guest, Memo, ModuleInfo, Request, ResponseHook, ResponseInfo,
+    Verdict, export_module, secret,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -97,6 +97,10 @@ fn mint(s: &Settings, req: &Request) -> Result<Minted, Error> {
     )
 }
 
+// Derived once per instance and configuration (see `Memo`), not on every request;
+// tokens are read from the state store on every call.
+thread_local! { static SETTINGS: Memo<Settings> = const { Memo::new() }; }
+
 struct GrowwApprovalMint;
 
 impl Guest for GrowwApprovalMint {
@@ -109,7 +113,7 @@ impl Guest for GrowwApprovalMint {
     }
 
     fn sign_request(config: String, req: Request) -> Result<Request, Error> {
-        let s = settings(&config)?;
+        let s = SETTINGS.with(|m| m.get(&config, settings))?;
         groww::sign(WHO, req, |req| mint(&s, req))
     }
 

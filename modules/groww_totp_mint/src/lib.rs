@@ -31,8 +31,8 @@ mod otp;
 
 use mint::Minted;
 use outpost_plugin_sdk::{
-    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module, secret,
+    BodyAccess, Config, Error, Guest, Memo, ModuleInfo, Request, ResponseHook, ResponseInfo,
+    Verdict, export_module, secret,
 };
 
 const WHO: &str = "groww_totp_mint";
@@ -99,6 +99,10 @@ fn mint(s: &Settings, req: &Request) -> Result<Minted, Error> {
     )
 }
 
+// Derived once per instance and configuration (see `Memo`), not on every request;
+// tokens are read from the state store on every call.
+thread_local! { static SETTINGS: Memo<Settings> = const { Memo::new() }; }
+
 struct GrowwTotpMint;
 
 impl Guest for GrowwTotpMint {
@@ -111,7 +115,7 @@ impl Guest for GrowwTotpMint {
     }
 
     fn sign_request(config: String, req: Request) -> Result<Request, Error> {
-        let s = settings(&config)?;
+        let s = SETTINGS.with(|m| m.get(&config, settings))?;
         groww::sign(WHO, req, |req| mint(&s, req))
     }
 

@@ -32,8 +32,8 @@ mod mint;
 use md5::{Digest as _, Md5};
 use mint::{HostKv, Minted, Slot};
 use outpost_plugin_sdk::{
-    BodyAccess, Config, Error, Guest, Header, ModuleInfo, Request, ResponseHook, ResponseInfo,
-    Verdict, export_module, http, kv, set_header,
+    BodyAccess, Config, Error, Guest, Header, Memo, ModuleInfo, Request, ResponseHook,
+    ResponseInfo, Verdict, export_module, http, kv, set_header,
 };
 use serde_json::Value;
 
@@ -251,6 +251,26 @@ fn fetch_token(s: &Settings, req: &Request, id: &str, secret: &str) -> Result<Mi
     parse_token_response(s, resp.status, &resp.body)
 }
 
+/// What signing needs from the configuration: the settings and the client's secrets.
+struct Signing {
+    settings: Settings,
+    id: String,
+    secret: String,
+}
+
+fn signing(config: &str) -> Result<Signing, Error> {
+    let cfg = Config::parse(config, WHO)?;
+    Ok(Signing {
+        settings: settings(&cfg)?,
+        id: cfg.required_secret("client_id_env")?,
+        secret: cfg.required_secret("client_secret_env")?,
+    })
+}
+
+// Derived once per instance and configuration (see `Memo`), not on every request; the
+// token itself is read from the state store on every call.
+thread_local! { static SIGNING: Memo<Signing> = const { Memo::new() }; }
+
 struct OAuth2ClientCredentials;
 
 impl Guest for OAuth2ClientCredentials {
@@ -266,10 +286,8 @@ impl Guest for OAuth2ClientCredentials {
     }
 
     fn sign_request(config: String, mut req: Request) -> Result<Request, Error> {
-        let cfg = Config::parse(&config, WHO)?;
-        let s = settings(&cfg)?;
-        let id = cfg.required_secret("client_id_env")?;
-        let secret = cfg.required_secret("client_secret_env")?;
+        let signing = SIGNING.with(|m| m.get(&config, signing))?;
+        let (s, id, secret) = (&signing.settings, &signing.id, &signing.secret);
         let slot = Slot {
             who: WHO,
             key: &s.redis_key,
@@ -280,7 +298,7 @@ impl Guest for OAuth2ClientCredentials {
             ),
         };
         let token = slot.get_or_mint(&HostKv, std::thread::sleep, || {
-            fetch_token(&s, &req, &id, &secret)
+            fetch_token(s, &req, id, secret)
         })?;
         set_header(
             &mut req.headers,

@@ -19,8 +19,8 @@ mod query;
 
 use otp::Algorithm;
 use outpost_plugin_sdk::{
-    BodyAccess, Config, Error, Guest, ModuleInfo, Request, ResponseHook, ResponseInfo, Verdict,
-    export_module, report_rejection, set_header,
+    BodyAccess, Config, Error, Guest, Memo, ModuleInfo, Request, ResponseHook, ResponseInfo,
+    Verdict, export_module, report_rejection, set_header,
 };
 use query::{append_param, drop_params};
 use serde_json::Value;
@@ -143,6 +143,23 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// What signing needs from the configuration: the settings and the decoded seed.
+struct Signing {
+    settings: Settings,
+    seed: Vec<u8>,
+}
+
+fn signing(config: &str) -> Result<Signing, Error> {
+    let cfg = Config::parse(config, WHO)?;
+    Ok(Signing {
+        settings: settings(&cfg)?,
+        seed: seed(&cfg)?,
+    })
+}
+
+// Derived once per instance and configuration (see `Memo`), not on every request.
+thread_local! { static SIGNING: Memo<Signing> = const { Memo::new() }; }
+
 struct Totp;
 
 impl Guest for Totp {
@@ -157,10 +174,8 @@ impl Guest for Totp {
     }
 
     fn sign_request(config: String, mut req: Request) -> Result<Request, Error> {
-        let cfg = Config::parse(&config, WHO)?;
-        let s = settings(&cfg)?;
-        let key = seed(&cfg)?;
-        apply(&s, &key, now_secs(), &mut req)?;
+        let s = SIGNING.with(|m| m.get(&config, signing))?;
+        apply(&s.settings, &s.seed, now_secs(), &mut req)?;
         Ok(req)
     }
 
