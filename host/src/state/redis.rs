@@ -157,7 +157,8 @@ impl RedisStore {
     /// A request's whole rate-limit check in one round trip ([`ADMIT_LUA`]). On a
     /// cluster, where the keys live on different nodes, one command per key instead.
     pub async fn admit(&self, cooldown: &str, limits: &[Limit<'_>]) -> Result<Admit, StateError> {
-        if !self.client().is_clustered() {
+        // A property of the configuration, the same for every client built from it.
+        if !self.config.server.is_clustered() {
             return self.run_admit(Some(cooldown), limits).await;
         }
         if let Some(ms) = self.ttl_ms(cooldown).await? {
