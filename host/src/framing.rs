@@ -112,7 +112,7 @@ impl Scanner {
                         }
                         // The usual case: the whole head arrived in this read. It is
                         // judged where it lies, without copying it.
-                        if let Some(end) = find(data, b"\r\n\r\n") {
+                        if let Some(end) = find_head_end(data) {
                             if end + 4 > MAX_SCAN {
                                 self.state = State::Off;
                                 return;
@@ -128,7 +128,7 @@ impl Scanner {
                     // Only the new bytes (and the three before them) can complete the
                     // terminator: a head sent a byte at a time costs linear time.
                     let from = before.saturating_sub(3);
-                    match find(&buf[from..], b"\r\n\r\n").map(|i| i + from) {
+                    match find_head_end(&buf[from..]).map(|i| i + from) {
                         // The same limit whether or not the head came in one read.
                         Some(end) if end + 4 > MAX_SCAN => self.state = State::Off,
                         Some(end) => {
@@ -212,10 +212,15 @@ impl Scanner {
         if std::mem::take(&mut self.first) && head == b"PRI * HTTP/2.0" {
             return State::Off;
         }
-        let text = String::from_utf8_lossy(head);
+        // A head is almost always valid UTF-8 (ASCII): checking that is cheaper than
+        // decoding it lossily, which gives the same text when it is.
+        let text = match std::str::from_utf8(head) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(head),
+        };
         let mut lengths = Vec::new();
         let mut te: Option<String> = None;
-        for line in text.split("\r\n").skip(1) {
+        for line in crlf_lines(&text).skip(1) {
             let Some((name, value)) = line.split_once(':') else {
                 continue;
             };
@@ -263,8 +268,33 @@ fn skip<'a>(left: &mut u64, data: &'a [u8]) -> &'a [u8] {
     &data[usize::try_from(n).unwrap_or(data.len())..]
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(hay, needle)
+/// Where the blank line that ends a head starts. The searcher is built once: building
+/// it cost more than searching a whole head.
+fn find_head_end(hay: &[u8]) -> Option<usize> {
+    static END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    END.find(hay)
+}
+
+/// The lines of `text` between CRLFs, exactly as `text.split("\r\n")` gives them.
+fn crlf_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let t = rest?;
+        let b = t.as_bytes();
+        let mut from = 0;
+        while let Some(i) = memchr::memchr(b'\n', &b[from..]) {
+            let at = from + i;
+            // Both ends are ASCII bytes, so both slices start on character boundaries.
+            if at > 0 && b[at - 1] == b'\r' {
+                rest = t.get(at + 1..);
+                return t.get(..at - 1);
+            }
+            from = at + 1;
+        }
+        rest = None;
+        Some(t)
+    })
 }
 
 /// A client connection with its request heads watched.
@@ -333,6 +363,28 @@ impl AsyncWrite for Watched {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crlf_lines_are_the_lines_split_gives() {
+        for text in [
+            "",
+            "\r\n",
+            "GET / HTTP/1.1",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5",
+            "a\nb\r\nc\rd\r\r\ne\n\r\nf\r\n",
+            "\r\r\n\n\r\n\r\n",
+            "h\u{e9}: \u{fffd}\r\nx:\u{a0}y\r\n\r",
+        ] {
+            let ours: Vec<&str> = crlf_lines(text).collect();
+            let split: Vec<&str> = text.split("\r\n").collect();
+            assert_eq!(ours, split, "{text:?}");
+        }
+        assert_eq!(
+            find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nrest"),
+            Some(20)
+        );
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r"), None);
+    }
 
     fn scan(chunks: &[&[u8]]) -> Vec<bool> {
         let v = Verdicts::default();

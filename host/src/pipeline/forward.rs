@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use http::{HeaderName, HeaderValue};
 use http_body_util::BodyExt;
 
-use super::headers::{DROP_RESPONSE, connection_listed};
+use super::headers::{DROP_RESPONSE, X_PROXY_CACHE, X_PROXY_PROVIDER, connection_listed};
 use super::provider::Selected;
 use super::sign::Signed;
 use crate::error::ProxyError;
@@ -37,7 +37,12 @@ pub async fn forward(
         body,
         ..
     } = signed;
-    let mut uri = format!("{}://{}{}", r.scheme, r.authority, r.path);
+    let mut uri = String::with_capacity(
+        r.scheme.len() + 3 + r.authority.len() + r.path.len() + 1 + r.query.len(),
+    );
+    for part in [r.scheme.as_str(), "://", &r.authority, &r.path] {
+        uri.push_str(part);
+    }
     if !r.query.is_empty() {
         uri.push('?');
         uri.push_str(&r.query);
@@ -133,22 +138,26 @@ pub async fn forward(
     };
     let listed = connection_listed(&parts.headers);
     let strip = &provider.def.strip_response_headers;
-    let names: Vec<HeaderName> = parts.headers.keys().cloned().collect();
-    for name in names {
-        let n = name.as_str();
-        if DROP_RESPONSE.contains(&n)
-            || listed.iter().any(|l| l == n)
-            || strip.iter().any(|s| s == n)
-        {
-            parts.headers.remove(&name);
-        }
+    let dropped: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            DROP_RESPONSE.contains(&n)
+                || listed.iter().any(|l| l == n)
+                || strip.iter().any(|s| s == n)
+        })
+        .cloned()
+        .collect();
+    for name in dropped {
+        parts.headers.remove(&name);
     }
     if let Ok(v) = HeaderValue::from_str(&provider.def.name) {
-        parts.headers.insert("x-proxy-provider", v);
+        parts.headers.insert(X_PROXY_PROVIDER, v);
     }
     parts
         .headers
-        .insert("x-proxy-cache", HeaderValue::from_static("BYPASS"));
+        .insert(X_PROXY_CACHE, HeaderValue::from_static("BYPASS"));
     parts.extensions.insert(super::UpstreamLatency(latency));
     let body = idle_guard(body, state.settings.idle_timeout, provider.def.name.clone());
     Ok((Response::from_parts(parts, body), verdict))

@@ -6,6 +6,19 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+// Header names the pipeline reads or sets on every request, parsed once at compile time
+// (a `&str` name is parsed again on every lookup).
+/// Names the provider an agent calls.
+pub const X_PROVIDER: HeaderName = HeaderName::from_static("x-provider");
+/// The original's name for `X-Provider`, still honoured.
+pub const X_BROKER: HeaderName = HeaderName::from_static("x-broker");
+/// Makes a `POST` idempotent (D13).
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// On every response: the provider that answered.
+pub const X_PROXY_PROVIDER: HeaderName = HeaderName::from_static("x-proxy-provider");
+/// On every response: `HIT`, `MISS`, `BYPASS` or `IDEMPOTENT-HIT`.
+pub const X_PROXY_CACHE: HeaderName = HeaderName::from_static("x-proxy-cache");
+
 /// Request headers never forwarded.
 const DROP_REQUEST: &[&str] = &[
     "host",

@@ -137,7 +137,7 @@ pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Body>) 
     let status = response.status().as_u16();
     let cache = response
         .headers()
-        .get("x-proxy-cache")
+        .get(headers::X_PROXY_CACHE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_string();
@@ -201,7 +201,7 @@ async fn run(
     let mut idempotency: Option<(String, String)> = None;
     let idem_header = parts
         .headers
-        .get("idempotency-key")
+        .get(headers::IDEMPOTENCY_KEY)
         .and_then(|v| v.to_str().ok())
         .filter(|k| !k.is_empty());
     if let (true, Some(k)) = (parts.method == http::Method::POST, idem_header) {
@@ -250,9 +250,10 @@ async fn run(
         }
     };
     if let Some(key) = cache_key {
-        response
-            .headers_mut()
-            .insert("x-proxy-cache", http::HeaderValue::from_static("MISS"));
+        response.headers_mut().insert(
+            headers::X_PROXY_CACHE,
+            http::HeaderValue::from_static("MISS"),
+        );
         if replay::storable(&response) {
             let (entry, r) = replay::capture(response, cap, None).await;
             response = r;

@@ -34,7 +34,7 @@ pub fn build(def: &ProviderDef, uri: &Uri) -> Result<Target, ProxyError> {
     Ok(Target {
         scheme: def.scheme.clone(),
         authority: def.authority.clone(),
-        path: format!("{}{}", def.base_path, canonical),
+        path: [def.base_path.as_str(), &canonical].concat(),
         canonical,
         query: uri.query().unwrap_or("").to_string(),
     })

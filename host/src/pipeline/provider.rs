@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
+use super::headers::{X_BROKER, X_PROVIDER};
 use crate::config::provider::ProviderDef;
 use crate::error::ProxyError;
 use crate::providers::{Providers, Signer};
@@ -19,7 +20,7 @@ pub struct Selected<'a> {
     pub signer: &'a Signer,
 }
 
-fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+fn header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -33,25 +34,30 @@ pub fn resolve<'a>(
     headers: &HeaderMap,
     default: &str,
 ) -> Result<Selected<'a>, ProxyError> {
-    let name = header(headers, "x-provider")
+    let name = header(headers, &X_PROVIDER)
         .or_else(|| {
-            let legacy = header(headers, "x-broker");
+            let legacy = header(headers, &X_BROKER);
             if legacy.is_some() {
                 tracing::debug!("X-Broker is deprecated; send X-Provider");
             }
             legacy
         })
-        .unwrap_or(default)
-        .to_lowercase();
+        .unwrap_or(default);
+    // Names are matched case-insensitively; most arrive in ASCII lower case already.
+    let name = if !name.is_ascii() || name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    };
     let unknown = || ProxyError::UnknownProvider {
-        name: name.clone(),
+        name: name.to_string(),
         available: providers.usable(),
     };
-    let p = providers.by_name.get(&name).ok_or_else(unknown)?;
+    let p = providers.by_name.get(name.as_ref()).ok_or_else(unknown)?;
     match (&p.def, &p.signer) {
         (Some(def), Ok(signer)) => Ok(Selected { def, signer }),
         (_, Err(reason)) => Err(ProxyError::ProviderConfig {
-            provider: name.clone(),
+            provider: name.to_string(),
             reason: reason.clone(),
         }),
         (None, Ok(_)) => Err(unknown()),

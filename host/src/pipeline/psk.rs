@@ -12,7 +12,7 @@ use crate::config::hosts::HostPolicy;
 use crate::error::ProxyError;
 
 /// The header agents send the key in.
-pub const HEADER: &str = "x-outpost-auth";
+pub const HEADER: http::HeaderName = http::HeaderName::from_static("x-outpost-auth");
 
 /// `Ok` when the host needs no key or sent the right one.
 pub fn verify(policy: &HostPolicy, headers: &HeaderMap) -> Result<(), ProxyError> {
@@ -25,7 +25,7 @@ pub fn verify(policy: &HostPolicy, headers: &HeaderMap) -> Result<(), ProxyError
             host: policy.id.clone(),
         }
     };
-    let mut values = headers.get_all(HEADER).iter();
+    let mut values = headers.get_all(&HEADER).iter();
     let (Some(given), None) = (values.next(), values.next()) else {
         return Err(denied());
     };

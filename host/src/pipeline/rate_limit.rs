@@ -24,7 +24,7 @@ pub fn windows_for<'a>(def: &'a ProviderDef, category: &str) -> &'a [Window] {
 
 /// The cooldown key of §6.
 pub fn cooldown_key(provider: &str, category: &str) -> String {
-    format!("rl:cooldown:{provider}:{category}")
+    ["rl:cooldown:", provider, ":", category].concat()
 }
 
 fn state_err(e: StateError) -> ProxyError {

@@ -105,9 +105,9 @@ pub fn replay(entry: &Entry, provider: &str, tag: &'static str) -> Response {
         h.insert(http::header::CONTENT_ENCODING, v);
     }
     if let Ok(v) = HeaderValue::from_str(provider) {
-        h.insert("x-proxy-provider", v);
+        h.insert(super::headers::X_PROXY_PROVIDER, v);
     }
-    h.insert("x-proxy-cache", HeaderValue::from_static(tag));
+    h.insert(super::headers::X_PROXY_CACHE, HeaderValue::from_static(tag));
     resp
 }
 

@@ -14,9 +14,11 @@ pub mod cache;
 pub mod grants;
 pub mod host;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -591,7 +593,7 @@ impl Runtime {
             let inst = m.pre.instantiate_async(&mut store).await?;
             inst.call_validate_config(&mut store, config).await
         };
-        let outcome = tokio::time::timeout(wall, fut).await;
+        let outcome = within(wall, fut).await;
         self.settle(m, &store, outcome)
     }
 
@@ -632,7 +634,7 @@ impl Runtime {
             let result = module.call_sign_request(&mut store, config, &req).await?;
             Ok::<_, wasmtime::Error>((result, module))
         };
-        let (outcome, module) = match tokio::time::timeout(wall, fut).await {
+        let (outcome, module) = match within(wall, fut).await {
             Ok(Ok((result, module))) => (Ok(Ok(result)), Some(module)),
             Ok(Err(e)) => (Ok(Err(e)), None),
             Err(elapsed) => (Err(elapsed), None),
@@ -667,7 +669,7 @@ impl Runtime {
             let inst = m.pre.instantiate_async(&mut store).await?;
             inst.call_on_response(&mut store, config, resp).await
         };
-        let outcome = tokio::time::timeout(wall, fut).await;
+        let outcome = within(wall, fut).await;
         self.settle(m, &store, outcome)
     }
 
@@ -689,6 +691,22 @@ impl Runtime {
             (Err(_), Some(state)) => Err(CallError::StateUnavailable(state.clone())),
             (r, _) => r,
         }
+    }
+}
+
+/// `tokio::time::timeout(wall, fut)`, without arming a timer when `fut` completes on
+/// its first poll, as a kept instance's synchronous call does. The deadline is taken
+/// before that poll, so it is the same deadline either way.
+async fn within<F: Future>(
+    wall: Duration,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let deadline = tokio::time::Instant::now() + wall;
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(v) => Ok(v),
+        Poll::Pending => tokio::time::timeout_at(deadline, fut).await,
     }
 }
 
