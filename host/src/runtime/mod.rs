@@ -890,6 +890,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_wall_deadline_counts_from_before_the_first_poll() {
+        let wall = Duration::from_millis(200);
+        assert_eq!(within(wall, async { 7 }).await.ok(), Some(7));
+        // A call that runs 150 ms in its first poll, then waits for ever: it still ends
+        // at 200 ms from the start, not 200 ms after that poll.
+        let started = Instant::now();
+        let mut first = true;
+        let stalls = std::future::poll_fn(|_| {
+            if std::mem::take(&mut first) {
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            Poll::<()>::Pending
+        });
+        assert!(within(wall, stalls).await.is_err());
+        let took = started.elapsed();
+        assert!(took >= wall, "ended after {took:?}");
+        assert!(took < Duration::from_millis(330), "ended after {took:?}");
+    }
+
+    #[tokio::test]
     async fn time_blocked_in_host_calls_is_not_cpu_even_when_the_host_calls_back() {
         let runtime = Runtime::new(test_limits(), None).unwrap();
         let mut store = runtime.store(call_env());
