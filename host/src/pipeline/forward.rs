@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use http::{HeaderName, HeaderValue};
 use http_body_util::BodyExt;
 
-use super::headers::{DROP_RESPONSE, X_PROXY_CACHE, X_PROXY_PROVIDER, connection_listed};
+use super::headers::{DROP_RESPONSE, connection_listed, tag_response};
 use super::provider::Selected;
 use super::sign::Signed;
 use crate::error::ProxyError;
@@ -152,12 +152,7 @@ pub async fn forward(
     for name in dropped {
         parts.headers.remove(&name);
     }
-    if let Ok(v) = HeaderValue::from_str(&provider.def.name) {
-        parts.headers.insert(X_PROXY_PROVIDER, v);
-    }
-    parts
-        .headers
-        .insert(X_PROXY_CACHE, HeaderValue::from_static("BYPASS"));
+    tag_response(&mut parts.headers, &provider.def.name, "BYPASS");
     parts.extensions.insert(super::UpstreamLatency(latency));
     let body = idle_guard(body, state.settings.idle_timeout, provider.def.name.clone());
     Ok((Response::from_parts(parts, body), verdict))

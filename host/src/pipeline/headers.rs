@@ -19,6 +19,15 @@ pub const X_PROXY_PROVIDER: HeaderName = HeaderName::from_static("x-proxy-provid
 /// On every response: `HIT`, `MISS`, `BYPASS` or `IDEMPOTENT-HIT`.
 pub const X_PROXY_CACHE: HeaderName = HeaderName::from_static("x-proxy-cache");
 
+/// Tag a response for the agent: the provider that answered (left out if its name is not
+/// a valid header value) and the cache state.
+pub fn tag_response(headers: &mut HeaderMap, provider: &str, cache: &'static str) {
+    if let Ok(v) = HeaderValue::from_str(provider) {
+        headers.insert(X_PROXY_PROVIDER, v);
+    }
+    headers.insert(X_PROXY_CACHE, HeaderValue::from_static(cache));
+}
+
 /// Request headers never forwarded.
 const DROP_REQUEST: &[&str] = &[
     "host",

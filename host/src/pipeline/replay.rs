@@ -104,10 +104,7 @@ pub fn replay(entry: &Entry, provider: &str, tag: &'static str) -> Response {
     {
         h.insert(http::header::CONTENT_ENCODING, v);
     }
-    if let Ok(v) = HeaderValue::from_str(provider) {
-        h.insert(super::headers::X_PROXY_PROVIDER, v);
-    }
-    h.insert(super::headers::X_PROXY_CACHE, HeaderValue::from_static(tag));
+    super::headers::tag_response(h, provider, tag);
     resp
 }
 
