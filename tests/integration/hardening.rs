@@ -34,7 +34,12 @@ fn hammer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<Dur
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
                     let r = c.get(&url).header("X-Provider", "ok").send().await.unwrap();
-                    assert_eq!(r.status(), 200, "healthy provider failed during the attack");
+                    if r.status() != 200 {
+                        // The refusal's envelope says why.
+                        let status = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        panic!("healthy provider failed during the attack: {status} {body}");
+                    }
                     lat.push(t.elapsed());
                 }
                 lat
