@@ -10,7 +10,13 @@
 //!
 //! After criterion's groups it prints `SIGNER_P99 {json}`: per-call p50/p99 of fresh
 //! instance + `sign-request` over 20,000 calls, the figure the budgets are stated in
-//! (criterion reports means). `benches/load.py` reads that line.
+//! (criterion reports means), each beside `spin_p99_us`: the p99 of a pure-CPU loop with
+//! the same median, timed the same way, which is what the machine alone does to the tail
+//! of work that long. Then `MACHINE_JITTER {json}`: how often a running thread loses its
+//! CPU, and for how long. `benches/load.py` reads both lines.
+//!
+//! `OUTPOST_BENCH_AB=a.wasm,b.wasm` instead compares two (or more) builds of a module,
+//! fresh instances, in interleaved blocks (see `compare`).
 //!
 //! Run: `cargo bench -p outpost --bench micro` (add `-- --quick` for a shorter run).
 
@@ -88,6 +94,32 @@ fn config_dir(redis_url: Option<&str>) -> (tempfile::TempDir, MapEnv) {
     }
     rules.push_str("  rate_limits:\n    default: [{capacity: 1000000000, window_ms: 1000}]\n");
     std::fs::write(providers.join("allow50.yaml"), rules).unwrap();
+    // A/B comparison (`compare`): each file becomes a plugin provider named after it;
+    // those whose name starts with `none` get no settings, `hmac…` the two secrets
+    // `hmac_signed` needs, the others `env: BENCH_TOKEN`.
+    if let Ok(files) = std::env::var("OUTPOST_BENCH_AB") {
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        for file in files.split(',') {
+            let name = stem(file);
+            std::fs::copy(file, plugins.join(format!("{name}.wasm"))).unwrap();
+            let config = if name.starts_with("none") {
+                "{}"
+            } else if name.starts_with("hmac") {
+                "{key_env: BENCH_USER, secret_env: BENCH_TOKEN}"
+            } else {
+                "{env: BENCH_TOKEN}"
+            };
+            std::fs::write(
+                providers.join(format!("{name}.yaml")),
+                format!(
+                    "name: {name}\nbase_url: https://api.example.com\n\
+                     auth: {{type: plugin, module: {name}.wasm, config: {config}}}\n"
+                ),
+            )
+            .unwrap();
+        }
+    }
     std::fs::write(
         dir.path().join("hosts.yaml"),
         "hosts:\n  - id: local\n    cidrs: [127.0.0.1/32]\n",
@@ -296,11 +328,128 @@ fn signer_p99(rt: &tokio::runtime::Runtime, state: &AppState) {
             for (key, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
                 entry.insert(format!("{label}{key}_us"), us(p).into());
             }
+            if label.is_empty() {
+                // The machine's own tail for work of this length: a loop of pure CPU
+                // (no memory, no syscalls) with the same median, timed the same way.
+                let spin = spin_reference(samples[samples.len() / 2], calls);
+                for (key, v) in spin {
+                    entry.insert(format!("spin_{key}_us"), v.into());
+                }
+            }
         }
         entry.insert("calls".into(), calls.into());
         report.insert(name.into(), entry.into());
     }
     println!("SIGNER_P99 {}", serde_json::Value::Object(report));
+    println!("MACHINE_JITTER {}", machine_jitter(Duration::from_secs(1)));
+}
+
+/// Iterations of a dependent multiply-add: pure CPU, nothing the allocator, the cache or
+/// the kernel takes part in.
+fn spin(iterations: u64) -> u64 {
+    let mut x = std::hint::black_box(1u64);
+    for _ in 0..iterations {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+    }
+    std::hint::black_box(x)
+}
+
+/// `calls` timed runs of [`spin`] sized to take `median` each: p50 and p99 in µs. On a
+/// machine whose CPUs are never taken away, its p99 is its p50; here it shows what the
+/// machine adds to any task of that length.
+fn spin_reference(median: Duration, calls: usize) -> Vec<(&'static str, f64)> {
+    let per_iteration = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            spin(1_000_000);
+            t.elapsed().as_secs_f64() / 1e6
+        })
+        .fold(f64::INFINITY, f64::min);
+    let iterations = (median.as_secs_f64() / per_iteration) as u64;
+    let mut samples: Vec<Duration> = (0..calls)
+        .map(|_| {
+            let t = Instant::now();
+            spin(iterations);
+            t.elapsed()
+        })
+        .collect();
+    samples.sort();
+    let us = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+    vec![("p50", us(0.5)), ("p99", us(0.99))]
+}
+
+/// How often, and for how long, this thread loses its CPU while it never yields it: a
+/// loop reading the clock for `span`, counting gaps over 5 µs between two reads (a
+/// read takes well under 1 µs). Interruptions per second, and their median and p90 in µs.
+fn machine_jitter(span: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    let mut last = start;
+    let mut gaps = Vec::new();
+    loop {
+        let now = Instant::now();
+        let gap = now - last;
+        if gap > Duration::from_micros(5) {
+            gaps.push(gap);
+        }
+        last = now;
+        if now - start >= span {
+            break;
+        }
+    }
+    gaps.sort();
+    let us = |p: f64| {
+        gaps.get(((gaps.len().max(1) - 1) as f64 * p) as usize)
+            .map_or(0.0, |g| g.as_secs_f64() * 1e6)
+    };
+    serde_json::json!({
+        "per_second": gaps.len() as f64 / span.as_secs_f64(),
+        "median_us": us(0.5),
+        "p90_us": us(0.9),
+    })
+}
+
+/// `OUTPOST_BENCH_AB=a.wasm,b.wasm`: fresh instance + `sign-request` for each file (loaded as
+/// a plugin, so always a fresh instance), in alternating blocks of 500 calls so that the
+/// machine's slow and fast stretches hit every file alike. Prints `AB <stem>: p50 … p99.9`
+/// in microseconds. For comparing two builds of one module.
+fn compare(rt: &tokio::runtime::Runtime, state: &AppState, files: &str) {
+    let generation = state.current();
+    let names: Vec<&str> = files.split(',').map(stem).collect();
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
+    rt.block_on(async {
+        // 42 blocks each; the first two warm up and are discarded.
+        for block in 0..42 {
+            for (i, name) in names.iter().enumerate() {
+                let signer = generation.providers.by_name[*name].signer.as_ref().unwrap();
+                for _ in 0..500 {
+                    let t = Instant::now();
+                    signer.sign(&state.runtime, request(), None).await.unwrap();
+                    if block >= 2 {
+                        samples[i].push(t.elapsed());
+                    }
+                }
+            }
+        }
+    });
+    for (name, mut s) in names.iter().zip(samples) {
+        s.sort();
+        let us = |p: f64| s[((s.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+        println!(
+            "AB {name}: p50 {:.1} p90 {:.1} p99 {:.1} p99.9 {:.1}",
+            us(0.5),
+            us(0.9),
+            us(0.99),
+            us(0.999)
+        );
+    }
+}
+
+/// A file's name without directory and extension: the A/B provider's name.
+fn stem(file: &str) -> &str {
+    let name = file.rsplit('/').next().unwrap_or(file);
+    name.strip_suffix(".wasm").unwrap_or(name)
 }
 
 fn main() {
@@ -309,6 +458,10 @@ fn main() {
         .build()
         .unwrap();
     let (_dir, embedded) = rt.block_on(app(None));
+    if let Ok(files) = std::env::var("OUTPOST_BENCH_AB") {
+        compare(&rt, &embedded, &files);
+        return;
+    }
     if std::env::var_os("OUTPOST_BENCH_P99_ONLY").is_some() {
         signer_p99(&rt, &embedded);
         return;
