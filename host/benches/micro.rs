@@ -16,7 +16,8 @@
 //! CPU, and for how long. `benches/load.py` reads both lines.
 //!
 //! `OUTPOST_BENCH_AB=a.wasm,b.wasm` instead compares two (or more) builds of a module,
-//! fresh instances, in interleaved blocks (see `compare`).
+//! fresh instances (kept ones with `OUTPOST_BENCH_AB_KEPT=1`), in interleaved blocks (see
+//! `compare`).
 //!
 //! Run: `cargo bench -p outpost --bench micro` (add `-- --quick` for a shorter run).
 
@@ -410,13 +411,26 @@ fn machine_jitter(span: Duration) -> serde_json::Value {
     })
 }
 
-/// `OUTPOST_BENCH_AB=a.wasm,b.wasm`: fresh instance + `sign-request` for each file (loaded as
-/// a plugin, so always a fresh instance), in alternating blocks of 500 calls so that the
-/// machine's slow and fast stretches hit every file alike. Prints `AB <stem>: p50 … p99.9`
-/// in microseconds. For comparing two builds of one module.
+/// `OUTPOST_BENCH_AB=a.wasm,b.wasm`: fresh instance + `sign-request` for each file (loaded
+/// as a plugin; kept instances with `OUTPOST_BENCH_AB_KEPT=1`), in alternating blocks of
+/// 500 calls so that the machine's slow and fast stretches hit every file alike. Prints
+/// `AB <stem>: p50 … p99.9` in microseconds. For comparing two builds of one module.
 fn compare(rt: &tokio::runtime::Runtime, state: &AppState, files: &str) {
     let generation = state.current();
     let names: Vec<&str> = files.split(',').map(stem).collect();
+    for (i, name) in names.iter().enumerate() {
+        assert!(
+            !names[..i].contains(name),
+            "two A/B files are named {name}.wasm"
+        );
+    }
+    // `OUTPOST_BENCH_AB_KEPT=1`: kept instances (a pool per file) instead of fresh ones;
+    // the files must declare themselves stateless.
+    let kept = std::env::var_os("OUTPOST_BENCH_AB_KEPT").is_some();
+    let pools: Vec<_> = names
+        .iter()
+        .map(|_| outpost::runtime::InstancePool::new(u32::MAX))
+        .collect();
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     rt.block_on(async {
         // 42 blocks each; the first two warm up and are discarded.
@@ -425,7 +439,8 @@ fn compare(rt: &tokio::runtime::Runtime, state: &AppState, files: &str) {
                 let signer = generation.providers.by_name[*name].signer.as_ref().unwrap();
                 for _ in 0..500 {
                     let t = Instant::now();
-                    signer.sign(&state.runtime, request(), None).await.unwrap();
+                    let pool = kept.then_some(&pools[i]);
+                    signer.sign(&state.runtime, request(), pool).await.unwrap();
                     if block >= 2 {
                         samples[i].push(t.elapsed());
                     }

@@ -193,21 +193,43 @@ fn canonical(payload: Payload, query: &str, body: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Lower-case hex HMAC of `data` keyed by the UTF-8 `secret`.
-fn hmac_hex(digest: Digest, secret: &str, data: &[u8]) -> Result<String, Error> {
-    let bad_key = |_| Error::Internal(format!("{WHO}: cannot key the HMAC."));
-    Ok(match digest {
-        Digest::Sha256 => {
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(bad_key)?;
-            mac.update(data);
-            hex::encode(mac.finalize().into_bytes())
+/// The HMAC keyed by the secret: the key is padded and hashed once (two blocks of the hash
+/// function), and every signature starts from a copy of that state.
+#[derive(Clone)]
+enum Key {
+    Sha256(Hmac<Sha256>),
+    Sha512(Hmac<Sha512>),
+}
+
+impl Key {
+    /// Key the HMAC with the UTF-8 `secret`.
+    fn new(digest: Digest, secret: &str) -> Result<Self, Error> {
+        let bad_key = |_| Error::Internal(format!("{WHO}: cannot key the HMAC."));
+        Ok(match digest {
+            Digest::Sha256 => {
+                Key::Sha256(Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(bad_key)?)
+            }
+            Digest::Sha512 => {
+                Key::Sha512(Hmac::<Sha512>::new_from_slice(secret.as_bytes()).map_err(bad_key)?)
+            }
+        })
+    }
+
+    /// Lower-case hex HMAC of `data`.
+    fn hex(&self, data: &[u8]) -> String {
+        match self {
+            Key::Sha256(mac) => {
+                let mut mac = mac.clone();
+                mac.update(data);
+                hex::encode(mac.finalize().into_bytes())
+            }
+            Key::Sha512(mac) => {
+                let mut mac = mac.clone();
+                mac.update(data);
+                hex::encode(mac.finalize().into_bytes())
+            }
         }
-        Digest::Sha512 => {
-            let mut mac = Hmac::<Sha512>::new_from_slice(secret.as_bytes()).map_err(bad_key)?;
-            mac.update(data);
-            hex::encode(mac.finalize().into_bytes())
-        }
-    })
+    }
 }
 
 /// Sign a request: pure, so every vector of §8.8 is checked natively.
@@ -217,10 +239,10 @@ fn sign(
     body: &[u8],
     ts_ms: u64,
     api_key: &str,
-    secret: &str,
-) -> Result<Signature, Error> {
+    key: &Key,
+) -> Signature {
     let q = query_with_timestamp(s, raw_query, ts_ms);
-    let hex = hmac_hex(s.digest, secret, &canonical(s.payload, &q, body))?;
+    let hex = key.hex(&canonical(s.payload, &q, body));
     let mut headers = vec![(s.key_header.clone(), api_key.to_string())];
     if let Some(h) = &s.timestamp_header {
         headers.push((h.clone(), ts_ms.to_string()));
@@ -232,11 +254,11 @@ fn sign(
         }
         None => append_param(&q, &s.signature_param, &hex),
     };
-    Ok(Signature {
+    Signature {
         query,
         headers,
         hex,
-    })
+    }
 }
 
 fn now_ms() -> Result<u64, Error> {
@@ -247,19 +269,22 @@ fn now_ms() -> Result<u64, Error> {
         .ok_or_else(|| Error::Internal(format!("{WHO}: the clock is before 1970.")))
 }
 
-/// What signing needs from the configuration: the settings and both secrets.
+/// What signing needs from the configuration: the settings, the API key, and the HMAC
+/// keyed by the secret.
 struct Signing {
     settings: Settings,
-    key: String,
-    secret: String,
+    api_key: String,
+    key: Key,
 }
 
 fn signing(config: &str) -> Result<Signing, Error> {
     let cfg = Config::parse(config, WHO)?;
+    let settings = settings(&cfg)?;
+    let key = Key::new(settings.digest, &cfg.required_secret("secret_env")?)?;
     Ok(Signing {
-        settings: settings(&cfg)?,
-        key: cfg.required_secret("key_env")?,
-        secret: cfg.required_secret("secret_env")?,
+        settings,
+        api_key: cfg.required_secret("key_env")?,
+        key,
     })
 }
 
@@ -287,7 +312,7 @@ impl Guest for HmacSigned {
         let s = SIGNING.with(|m| m.get(&config, signing))?;
         // `body-access: read`: the body is shown, never replaced (`None` = unchanged).
         let body = req.body.take().unwrap_or_default();
-        let signed = sign(&s.settings, &req.query, &body, now_ms()?, &s.key, &s.secret)?;
+        let signed = sign(&s.settings, &req.query, &body, now_ms()?, &s.api_key, &s.key);
         req.query = signed.query;
         for (name, value) in &signed.headers {
             set_header(&mut req.headers, name, value.as_bytes());
@@ -308,6 +333,34 @@ outpost_plugin_sdk::declare_stateless!();
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The HMAC computed from scratch, without the keyed state `Key` keeps: the reference
+    /// the module's signatures are checked against.
+    fn hmac_hex(digest: Digest, secret: &str, data: &[u8]) -> Result<String, Error> {
+        Ok(match digest {
+            Digest::Sha256 => {
+                let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+                mac.update(data);
+                hex::encode(mac.finalize().into_bytes())
+            }
+            Digest::Sha512 => {
+                let mut mac = Hmac::<Sha512>::new_from_slice(secret.as_bytes()).unwrap();
+                mac.update(data);
+                hex::encode(mac.finalize().into_bytes())
+            }
+        })
+    }
+
+    fn sign_with(
+        s: &Settings,
+        raw_query: &str,
+        body: &[u8],
+        ts_ms: u64,
+        api_key: &str,
+        secret: &str,
+    ) -> Result<Signature, Error> {
+        Ok(sign(s, raw_query, body, ts_ms, api_key, &Key::new(s.digest, secret)?))
+    }
 
     fn settings_of(json: &str) -> Result<Settings, String> {
         let cfg = Config::parse(json, WHO).unwrap();
@@ -343,7 +396,7 @@ mod tests {
 
     #[test]
     fn binance_vector_signs_the_bytes_it_sends() {
-        let got = sign(
+        let got = sign_with(
             &base(),
             BINANCE_QUERY,
             b"",
@@ -373,9 +426,23 @@ mod tests {
     }
 
     #[test]
+    fn one_key_signs_every_request_as_a_fresh_one_would() {
+        // `Signing` (and its `Key`) is kept between calls: signing must not change it.
+        for digest in [Digest::Sha256, Digest::Sha512] {
+            let key = Key::new(digest, BINANCE_SECRET).unwrap();
+            for data in [b"a=1".as_slice(), b"", BINANCE_QUERY.as_bytes(), b"a=1"] {
+                assert_eq!(
+                    key.hex(data),
+                    hmac_hex(digest, BINANCE_SECRET, data).unwrap()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn agent_timestamp_and_signature_are_dropped_not_signed_twice() {
         let q = format!("timestamp=1&{BINANCE_QUERY}&signature=forged&timestamp=2");
-        let got = sign(&base(), &q, b"", 1_499_827_319_559, "k", BINANCE_SECRET).unwrap();
+        let got = sign_with(&base(), &q, b"", 1_499_827_319_559, "k", BINANCE_SECRET).unwrap();
         assert_eq!(got.hex, BINANCE_SIG, "agent copies removed before signing");
         assert_eq!(
             got.query,
@@ -386,7 +453,7 @@ mod tests {
     #[test]
     fn raw_query_is_never_reencoded() {
         let q = "a=1&a=3&b=x%20y+z&c=~&d=%2f&flag";
-        let got = sign(&base(), q, b"", 1000, "k", "s").unwrap();
+        let got = sign_with(&base(), q, b"", 1000, "k", "s").unwrap();
         let signed_part = format!("{q}&timestamp=1000");
         assert_eq!(got.query, format!("{signed_part}&signature={}", got.hex));
         assert_eq!(
@@ -398,7 +465,7 @@ mod tests {
     #[test]
     fn body_mode_vector() {
         let s = settings_of(r#"{"key_env":"K","secret_env":"S","payload":"body"}"#).unwrap();
-        let got = sign(&s, "", br#"{"side":"BUY"}"#, 1000, "k", "mysecret").unwrap();
+        let got = sign_with(&s, "", br#"{"side":"BUY"}"#, 1000, "k", "mysecret").unwrap();
         assert_eq!(
             got.hex,
             "3ed2d0816c975209299f4090d47a9df399027ad8b5d5ba391d3cd627779b7d92"
@@ -413,7 +480,7 @@ mod tests {
             r#"{"key_env":"K","secret_env":"S","signature_header":"X-Sig","timestamp_param":"ts"}"#,
         )
         .unwrap();
-        let got = sign(&s, "a=1", b"", 1000, "k", "s").unwrap();
+        let got = sign_with(&s, "a=1", b"", 1000, "k", "s").unwrap();
         let want = "812414d702a91cacd96af5f531d7b8ffc43aac365e283f3706cc84ab4cee59e3";
         assert_eq!(got.hex, want);
         assert_eq!(got.query, "a=1&ts=1000");
@@ -429,7 +496,7 @@ mod tests {
     #[test]
     fn sha512_vector() {
         let s = settings_of(r#"{"key_env":"K","secret_env":"S","digest":"sha512"}"#).unwrap();
-        let got = sign(&s, "x=1", b"", 1000, "k", "s").unwrap();
+        let got = sign_with(&s, "x=1", b"", 1000, "k", "s").unwrap();
         assert_eq!(
             got.hex,
             "c6f1da68d3231798445a85132fbbb5b3943cf0d32ae7e236d2630e113fb1df7513c17adc241ae0cabac7b275db3014f0c4a502a62e71706a811764a3dcf2ce96"
@@ -447,7 +514,7 @@ mod tests {
         )
         .unwrap();
         // With the timestamp in a header an agent `timestamp` parameter is plain data.
-        let got = sign(&s, "a=1&timestamp=9", b"{}", 1000, "k", "s").unwrap();
+        let got = sign_with(&s, "a=1&timestamp=9", b"{}", 1000, "k", "s").unwrap();
         assert_eq!(got.query, "a=1&timestamp=9");
         assert_eq!(
             got.hex,
@@ -463,7 +530,7 @@ mod tests {
     #[test]
     fn empty_timestamp_param_means_no_timestamp() {
         let s = settings_of(r#"{"key_env":"K","secret_env":"S","timestamp_param":""}"#).unwrap();
-        let got = sign(&s, "a=1", b"", 1000, "k", "s").unwrap();
+        let got = sign_with(&s, "a=1", b"", 1000, "k", "s").unwrap();
         assert_eq!(got.query, format!("a=1&signature={}", got.hex));
         assert_eq!(got.hex, hmac_hex(Digest::Sha256, "s", b"a=1").unwrap());
     }
