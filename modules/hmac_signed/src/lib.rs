@@ -312,7 +312,14 @@ impl Guest for HmacSigned {
         let s = SIGNING.with(|m| m.get(&config, signing))?;
         // `body-access: read`: the body is shown, never replaced (`None` = unchanged).
         let body = req.body.take().unwrap_or_default();
-        let signed = sign(&s.settings, &req.query, &body, now_ms()?, &s.api_key, &s.key);
+        let signed = sign(
+            &s.settings,
+            &req.query,
+            &body,
+            now_ms()?,
+            &s.api_key,
+            &s.key,
+        );
         req.query = signed.query;
         for (name, value) in &signed.headers {
             set_header(&mut req.headers, name, value.as_bytes());
@@ -359,7 +366,14 @@ mod tests {
         api_key: &str,
         secret: &str,
     ) -> Result<Signature, Error> {
-        Ok(sign(s, raw_query, body, ts_ms, api_key, &Key::new(s.digest, secret)?))
+        Ok(sign(
+            s,
+            raw_query,
+            body,
+            ts_ms,
+            api_key,
+            &Key::new(s.digest, secret)?,
+        ))
     }
 
     fn settings_of(json: &str) -> Result<Settings, String> {
