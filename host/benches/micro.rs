@@ -324,10 +324,11 @@ fn signer_p99(rt: &tokio::runtime::Runtime, state: &AppState) {
                 std::fs::write(format!("{dir}/{label}{name}.txt"), text).unwrap();
             }
             samples.sort();
-            let us =
-                |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
             for (key, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
-                entry.insert(format!("{label}{key}_us"), us(p).into());
+                entry.insert(
+                    format!("{label}{key}_us"),
+                    percentile_us(&samples, p).into(),
+                );
             }
             if label.is_empty() {
                 // The machine's own tail for work of this length: a loop of pure CPU
@@ -377,8 +378,10 @@ fn spin_reference(median: Duration, calls: usize) -> Vec<(&'static str, f64)> {
         })
         .collect();
     samples.sort();
-    let us = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
-    vec![("p50", us(0.5)), ("p99", us(0.99))]
+    vec![
+        ("p50", percentile_us(&samples, 0.5)),
+        ("p99", percentile_us(&samples, 0.99)),
+    ]
 }
 
 /// How often, and for how long, this thread loses its CPU while it never yields it: a
@@ -400,14 +403,10 @@ fn machine_jitter(span: Duration) -> serde_json::Value {
         }
     }
     gaps.sort();
-    let us = |p: f64| {
-        gaps.get(((gaps.len().max(1) - 1) as f64 * p) as usize)
-            .map_or(0.0, |g| g.as_secs_f64() * 1e6)
-    };
     serde_json::json!({
         "per_second": gaps.len() as f64 / span.as_secs_f64(),
-        "median_us": us(0.5),
-        "p90_us": us(0.9),
+        "median_us": percentile_us(&gaps, 0.5),
+        "p90_us": percentile_us(&gaps, 0.9),
     })
 }
 
@@ -450,7 +449,7 @@ fn compare(rt: &tokio::runtime::Runtime, state: &AppState, files: &str) {
     });
     for (name, mut s) in names.iter().zip(samples) {
         s.sort();
-        let us = |p: f64| s[((s.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+        let us = |p| percentile_us(&s, p);
         println!(
             "AB {name}: p50 {:.1} p90 {:.1} p99 {:.1} p99.9 {:.1}",
             us(0.5),
@@ -459,6 +458,12 @@ fn compare(rt: &tokio::runtime::Runtime, state: &AppState, files: &str) {
             us(0.999)
         );
     }
+}
+
+/// The `p` quantile (0–1) of `sorted`, in µs; 0 when there are no samples.
+fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
+    let i = (sorted.len().saturating_sub(1) as f64 * p) as usize;
+    sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e6)
 }
 
 /// A file's name without directory and extension: the A/B provider's name.
