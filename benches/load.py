@@ -527,6 +527,9 @@ class Bench:
             p.terminate()
             p.wait(120)
             total, memcpy = callgrind_totals(Path(f"{out}.1"))
+            if a.keep_profiles:
+                Path(a.keep_profiles).mkdir(parents=True, exist_ok=True)
+                shutil.copy(f"{out}.1", Path(a.keep_profiles) / f"callgrind-{key}.out")
             n = r["requests"]
             per, per_nomem = total / n, (total - memcpy) / n
             if key == "floor":
@@ -594,6 +597,9 @@ def main():
     ap.add_argument("--instructions", action="store_true",
                     help="instead of the timed runs: instructions per request under callgrind "
                          "(--seconds per target; needs valgrind)")
+    ap.add_argument("--keep-profiles", metavar="DIR",
+                    help="with --instructions: keep each target's callgrind profile in DIR "
+                         "(callgrind_annotate DIR/callgrind-bearer.out)")
     ap.add_argument("--report", default=str(ROOT / "target" / "bench" / "report.md"),
                     help="also write the report here (markdown)")
     a = ap.parse_args()

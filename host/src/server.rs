@@ -342,7 +342,7 @@ fn start_workers(state: &Arc<AppState>) -> std::io::Result<crate::worker::Worker
         move || {
             let store = store.clone();
             async move {
-                client::install_for_this_thread(client::build(connect_timeout));
+                client::install_for_this_thread(connect_timeout);
                 if let StateStore::Redis(redis) = &*store
                     && let Err(e) = redis.connect_for_this_thread().await
                 {

@@ -165,7 +165,7 @@ async fn upstream_429(
     provider: &Selected<'_>,
     category: &str,
     parts: &http::response::Parts,
-    body: hyper::body::Incoming,
+    body: crate::client::UpstreamBody,
 ) -> ProxyError {
     let retry_after = super::rate_limit::parse_retry_after(
         parts
@@ -320,7 +320,7 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// The error and its causes, `a: b: c`.
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
+fn describe(e: &crate::client::SendError) -> String {
     let mut parts = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(err) = cur {
