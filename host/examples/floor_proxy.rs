@@ -1,7 +1,7 @@
 //! The floor for the load benchmark (`benches/load.py`): the least a reverse proxy built
-//! on Outpost's HTTP stack (tokio, hyper, hyper-util's pooled client, and Outpost's
-//! serving threads: an acceptor handing connections to one single-threaded runtime per
-//! CPU, each with its own client) can do — forward every request to one upstream with a
+//! on Outpost's HTTP stack (tokio, hyper, and Outpost's serving threads: an acceptor
+//! handing connections to one single-threaded runtime per CPU, each with its own upstream
+//! connection pool, `outpost::client::pool`) can do — forward every request to one upstream with a
 //! static `Authorization` header. No policy, no signing, no limits: not something to
 //! deploy, a measure of what the stack itself costs on this machine.
 //!
@@ -15,12 +15,15 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use outpost::client::pool::{self, Pool, PooledBody};
 use outpost::worker::Workers;
 
-type Body = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
+type Body = http_body_util::Either<
+    PooledBody<Incoming, HttpConnector>,
+    http_body_util::Empty<bytes::Bytes>,
+>;
 
 fn bad_gateway() -> Response<Body> {
     let mut r = Response::new(Body::Right(http_body_util::Empty::new()));
@@ -33,15 +36,17 @@ fn bad_gateway() -> Response<Body> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 thread_local! {
-    /// Each serving thread's own pooled client.
-    static CLIENT: std::cell::OnceCell<Client<HttpConnector, Incoming>> =
+    /// Each serving thread's own connection pool.
+    static POOL: std::cell::OnceCell<Pool<Incoming, HttpConnector>> =
         const { std::cell::OnceCell::new() };
 }
 
-fn client() -> Client<HttpConnector, Incoming> {
+fn install_pool() {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(connector)
+    POOL.with(|p| {
+        let _ = p.set(Pool::new(connector, std::time::Duration::from_secs(90)));
+    });
 }
 
 async fn serve(stream: std::net::TcpStream, upstream: Arc<str>) {
@@ -61,10 +66,7 @@ async fn serve(stream: std::net::TcpStream, upstream: Arc<str>) {
             parts.uri = uri;
             parts.headers.remove(http::header::HOST);
             parts.headers.insert(http::header::AUTHORIZATION, auth);
-            CLIENT.with(|c| {
-                c.get_or_init(client)
-                    .request(Request::from_parts(parts, body))
-            })
+            pool::send(&POOL, Request::from_parts(parts, body))
         });
         async move {
             Ok::<_, Infallible>(match sent {
@@ -94,8 +96,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     control.block_on(async move {
-        let mut workers =
-            Workers::start(threads, || async {}, move |s| serve(s, upstream.clone()))?;
+        let mut workers = Workers::start(
+            threads,
+            || async { install_pool() },
+            move |s| serve(s, upstream.clone()),
+        )?;
         let listener = tokio::net::TcpListener::bind(listen).await?;
         loop {
             let (stream, _) = listener.accept().await?;

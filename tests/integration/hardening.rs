@@ -17,8 +17,14 @@ fn hostile_provider(name: &str, mode: &str, upstream: &str) -> String {
     )
 }
 
+/// The default per-second window paces the hammer; the default per-minute one (500) is
+/// left out: four unpaced tasks at 50 requests a second exhaust it after ten seconds, and
+/// on a loaded machine the baseline and the attack together can take that long.
 fn healthy_provider(upstream: &str) -> String {
-    format!("name: ok\nbase_url: {upstream}\nauth: {{type: bearer_static, env: GH_TOKEN}}\n")
+    format!(
+        "name: ok\nbase_url: {upstream}\nauth: {{type: bearer_static, env: GH_TOKEN}}\n\
+         forwarding: {{rate_limits: {{default: [{{capacity: 50, window_ms: 1000}}]}}}}\n"
+    )
 }
 
 /// Hammer the healthy provider from 4 tasks until `stop`; returns every latency, and
