@@ -180,6 +180,39 @@ struct Back<B: 'static, C: 'static> {
     scheme: Scheme,
     authority: Authority,
     tx: http1::SendRequest<B>,
+    /// Returns the connection once it is ready for another request (see
+    /// [`return_when_ready`]); a pointer, since `Drop` cannot require `B: Send`.
+    later: fn(Back<B, C>),
+}
+
+impl<B: 'static, C: 'static> Back<B, C> {
+    fn put(self) {
+        // During thread teardown the pool may be gone; the connection then just closes.
+        let _ = self.home.try_with(|pool| {
+            if let Some(pool) = pool.get() {
+                pool.put_back(&self.scheme, &self.authority, self.tx);
+            }
+        });
+    }
+}
+
+/// The response was read to its end but the connection is not ready for another request:
+/// hyper is still writing the request body (an upstream that answered early, e.g. a 401 to
+/// an upload). Return it only once it is ready, as hyper-util does, so the next request
+/// does not wait behind that body; a connection that closes instead is not returned.
+fn return_when_ready<B, C>(mut back: Back<B, C>)
+where
+    B: Body + Send + 'static,
+    C: 'static,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        if back.tx.ready().await.is_ok() {
+            back.put();
+        }
+    });
 }
 
 impl<B: 'static, C: 'static> std::fmt::Debug for PooledBody<B, C> {
@@ -199,18 +232,13 @@ impl<B: 'static, C: 'static> PooledBody<B, C> {
 
     fn give_back(&mut self) {
         if let Some(back) = self.back.take() {
-            let Back {
-                home,
-                scheme,
-                authority,
-                tx,
-            } = back;
-            // During thread teardown the pool may be gone; the connection then just closes.
-            let _ = home.try_with(|pool| {
-                if let Some(pool) = pool.get() {
-                    pool.put_back(&scheme, &authority, tx);
-                }
-            });
+            // Usually ready at once: hyper's connection task reads the body's end and asks
+            // for the next request in the same poll, before this body sees the end.
+            if back.tx.is_ready() {
+                back.put();
+            } else {
+                (back.later)(back);
+            }
         }
     }
 }
@@ -291,9 +319,13 @@ where
                 Err(e) => (e, false),
             },
             Conn::H1(mut tx) => {
-                if tx.ready().await.is_err() {
-                    // Closed while idle: not an attempt; try the next one.
-                    continue;
+                if let Err(e) = tx.ready().await {
+                    if reused {
+                        // Closed while idle: not an attempt; try the next one.
+                        continue;
+                    }
+                    // A new connection the upstream closed at once: an error, not a loop.
+                    return Err(SendError::Send(e));
                 }
                 let host = set_host(&mut request, &authority, &scheme);
                 *request.uri_mut() = origin.clone();
@@ -304,6 +336,7 @@ where
                             scheme,
                             authority,
                             tx,
+                            later: return_when_ready::<B, C>,
                         };
                         return Ok(response.map(|inner| PooledBody {
                             inner,
@@ -472,9 +505,29 @@ mod tests {
         (addr, accepted, seen)
     }
 
+    /// A raw TCP upstream: `serve(n, stream)` runs for the n-th accepted connection (from 0),
+    /// in a task of its own. Also returns how many connections it accepted.
+    async fn raw_upstream<F, Fut>(serve: F) -> (std::net::SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(usize, tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(serve(count.fetch_add(1, Ordering::SeqCst), stream));
+            }
+        });
+        (addr, accepted)
+    }
+
     thread_local! {
         static H1: OnceCell<Pool<Full<Bytes>, HttpConnector>> = const { OnceCell::new() };
-        static H2: OnceCell<Pool<Full<Bytes>, H2c>> = const { OnceCell::new() };
+        static H2: OnceCell<Pool<Full<Bytes>, Test>> = const { OnceCell::new() };
     }
 
     fn install_h1(idle_timeout: Duration) {
@@ -489,7 +542,7 @@ mod tests {
             .unwrap()
     }
 
-    async fn read<C: 'static>(response: Response<PooledBody<Full<Bytes>, C>>) -> Bytes {
+    async fn read<B: 'static, C: 'static>(response: Response<PooledBody<B, C>>) -> Bytes {
         response.into_body().collect().await.unwrap().to_bytes()
     }
 
@@ -571,23 +624,15 @@ mod tests {
     async fn a_connection_the_upstream_closed_while_idle_is_skipped() {
         // An upstream that answers one request per connection and then closes it, without
         // saying so (no `Connection: close`).
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
+        let (addr, accepted) = raw_upstream(|_, mut stream| async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                let mut buf = vec![0; 4096];
-                let _ = stream.read(&mut buf).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                drop(stream);
-            }
-        });
+            let mut buf = vec![0; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        })
+        .await;
         install_h1(Duration::from_secs(90));
         for n in 1..=3 {
             let response = send(&H1, get(addr, "/")).await.unwrap();
@@ -596,6 +641,97 @@ mod tests {
             // Let the connection's task see the close.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    type Upload = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+    thread_local! {
+        static UP: OnceCell<Pool<Upload, HttpConnector>> = const { OnceCell::new() };
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_its_request_body_is_not_lent_to_the_next_request() {
+        // The first connection answers 401 as soon as it has the head, then keeps reading
+        // the upload; later ones answer 200.
+        let (addr, accepted) = raw_upstream(|n, mut stream| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = vec![0; 4096];
+            let _ = stream.read(&mut buf).await;
+            let answer: &[u8] = if n == 0 {
+                b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno"
+            } else {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+            };
+            let _ = stream.write_all(answer).await;
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        UP.with(|p| {
+            assert!(
+                p.set(Pool::new(HttpConnector::new(), Duration::from_secs(90)))
+                    .is_ok()
+            );
+        });
+        let (upload, chunks) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let stream = futures_util::stream::unfold(chunks, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        });
+        let body = StreamBody::new(stream).boxed_unsync();
+        let request = Request::post(format!("http://{addr}/upload"))
+            .body(body)
+            .unwrap();
+        let early = send(&UP, request).await.unwrap();
+        assert_eq!(early.status(), 401);
+        assert_eq!(read(early).await, "no");
+        upload.send(Bytes::from_static(b"part")).await.unwrap();
+        // Still uploading: the next request gets a connection of its own, at once.
+        let next = Request::get(format!("http://{addr}/"))
+            .body(Full::new(Bytes::new()).boxed_unsync())
+            .unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), send(&UP, next))
+            .await
+            .expect("the next request waited behind the upload")
+            .unwrap();
+        assert_eq!(read(next).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        UP.with(|p| assert_eq!(p.get().unwrap().idle_count(), 1));
+        // Once the upload ends, its connection is ready again and goes back too.
+        drop(upload);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while UP.with(|p| p.get().unwrap().idle_count()) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the upload's connection never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    thread_local! {
+        static LATE: OnceCell<Pool<Full<Bytes>, Test>> = const { OnceCell::new() };
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_closed_at_once_is_an_error_not_a_reconnect_loop() {
+        let (addr, accepted) = raw_upstream(|_, stream| async move { drop(stream) }).await;
+        LATE.with(|p| {
+            assert!(
+                p.set(Pool::new(
+                    Test {
+                        h2: false,
+                        delay: Duration::from_millis(50),
+                    },
+                    Duration::from_secs(90)
+                ))
+                .is_ok()
+            );
+        });
+        let sent = tokio::time::timeout(Duration::from_secs(5), send(&LATE, get(addr, "/"))).await;
+        let err = sent.expect("kept reconnecting").unwrap_err();
+        assert!(matches!(err, SendError::Send(_)), "{err:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -609,19 +745,28 @@ mod tests {
         assert!(matches!(err, SendError::Connect(_)), "{err:?}");
     }
 
-    /// A plain TCP connection reported as having negotiated HTTP/2, as TLS would.
+    /// A test connector: plain TCP, reported as having negotiated HTTP/2 (as TLS would)
+    /// when `h2`, and handed over only after `delay`, so whatever the upstream did at once
+    /// (closing) has happened before hyper first reads.
     #[derive(Clone)]
-    struct H2c(HttpConnector);
+    struct Test {
+        h2: bool,
+        delay: Duration,
+    }
 
-    struct H2cIo(TokioIo<tokio::net::TcpStream>);
+    struct TestIo(TokioIo<tokio::net::TcpStream>, bool);
 
-    impl Connection for H2cIo {
+    impl Connection for TestIo {
         fn connected(&self) -> Connected {
-            Connected::new().negotiated_h2()
+            if self.1 {
+                Connected::new().negotiated_h2()
+            } else {
+                Connected::new()
+            }
         }
     }
 
-    impl hyper::rt::Read for H2cIo {
+    impl hyper::rt::Read for TestIo {
         fn poll_read(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -631,7 +776,7 @@ mod tests {
         }
     }
 
-    impl hyper::rt::Write for H2cIo {
+    impl hyper::rt::Write for TestIo {
         fn poll_write(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -650,16 +795,21 @@ mod tests {
         }
     }
 
-    impl tower::Service<Uri> for H2c {
-        type Response = H2cIo;
+    impl tower::Service<Uri> for Test {
+        type Response = TestIo;
         type Error = BoxError;
-        type Future = Pin<Box<dyn std::future::Future<Output = Result<H2cIo, BoxError>> + Send>>;
-        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-            tower::Service::<Uri>::poll_ready(&mut self.0, cx).map_err(Into::into)
+        type Future = Pin<Box<dyn std::future::Future<Output = Result<TestIo, BoxError>> + Send>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
         }
         fn call(&mut self, uri: Uri) -> Self::Future {
-            let connecting = self.0.call(uri);
-            Box::pin(async move { Ok(H2cIo(connecting.await?)) })
+            let connecting = HttpConnector::new().call(uri);
+            let Test { h2, delay } = self.clone();
+            Box::pin(async move {
+                let io = connecting.await?;
+                tokio::time::sleep(delay).await;
+                Ok(TestIo(io, h2))
+            })
         }
     }
 
@@ -669,7 +819,10 @@ mod tests {
         H2.with(|p| {
             assert!(
                 p.set(Pool::new(
-                    H2c(HttpConnector::new()),
+                    Test {
+                        h2: true,
+                        delay: Duration::ZERO,
+                    },
                     Duration::from_secs(90)
                 ))
                 .is_ok()
