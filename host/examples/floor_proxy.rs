@@ -45,7 +45,7 @@ fn install_pool() {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     POOL.with(|p| {
-        let _ = p.set(Pool::new(connector, std::time::Duration::from_secs(90)));
+        let _ = p.set(Pool::new(connector, outpost::client::POOL_IDLE_TIMEOUT));
     });
 }
 

@@ -52,6 +52,37 @@ pub enum SendError {
     Shared(#[from] hyper_util::client::legacy::Error),
 }
 
+/// A request body the pool can send: what hyper's client connections need of it.
+pub trait RequestBody: Body<Data: Send, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+impl<B> RequestBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+/// A connector the pool can use (hyper-util's connector interface): it makes a connection,
+/// TLS or not, and says whether HTTP/2 was negotiated.
+pub trait Connect:
+    tower::Service<
+        Uri,
+        Response: hyper::rt::Read + hyper::rt::Write + Connection + Send + Unpin + 'static,
+        Future: Send,
+        Error: Into<BoxError>,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<C> Connect for C where
+    C: tower::Service<
+            Uri,
+            Response: hyper::rt::Read + hyper::rt::Write + Connection + Send + Unpin + 'static,
+            Future: Send,
+            Error: Into<BoxError>,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Where a thread keeps its pool: the pool's bodies find their way home through it.
 pub type Home<B, C> = &'static LocalKey<OnceCell<Pool<B, C>>>;
 
@@ -73,6 +104,12 @@ struct Upstream<B> {
     idle: VecDeque<(http1::SendRequest<B>, Instant)>,
     /// The shared HTTP/2 connection, if the upstream negotiated HTTP/2.
     h2: Option<http2::SendRequest<B>>,
+}
+
+impl<B> Upstream<B> {
+    fn is(&self, scheme: &Scheme, authority: &Authority) -> bool {
+        self.authority == *authority && self.scheme == *scheme
+    }
 }
 
 enum Conn<B> {
@@ -103,9 +140,7 @@ impl<B, C> Pool<B, C> {
     /// A connection to `scheme://authority` that is still open, if one is idle.
     fn checkout(&self, scheme: &Scheme, authority: &Authority) -> Option<Conn<B>> {
         let mut upstreams = self.upstreams.borrow_mut();
-        let up = upstreams
-            .iter_mut()
-            .find(|u| u.authority == *authority && u.scheme == *scheme)?;
+        let up = upstreams.iter_mut().find(|u| u.is(scheme, authority))?;
         if let Some(h2) = &up.h2 {
             if !h2.is_closed() {
                 return Some(Conn::H2(h2.clone()));
@@ -133,10 +168,7 @@ impl<B, C> Pool<B, C> {
         scheme: &Scheme,
         authority: &Authority,
     ) -> &'a mut Upstream<B> {
-        let at = match upstreams
-            .iter()
-            .position(|u| u.authority == *authority && u.scheme == *scheme)
-        {
+        let at = match upstreams.iter().position(|u| u.is(scheme, authority)) {
             Some(at) => at,
             None => {
                 upstreams.push(Upstream {
@@ -287,13 +319,8 @@ pub async fn send<B, C>(
     mut request: Request<B>,
 ) -> Result<Response<PooledBody<B, C>>, SendError>
 where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    C: tower::Service<Uri> + Clone + Send + 'static,
-    C::Response: hyper::rt::Read + hyper::rt::Write + Connection + Send + Unpin + 'static,
-    C::Future: Send,
-    C::Error: Into<BoxError>,
+    B: RequestBody,
+    C: Connect,
 {
     let uri = request.uri().clone();
     let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
@@ -401,13 +428,8 @@ async fn connect<B, C>(
     authority: &Authority,
 ) -> Result<Conn<B>, SendError>
 where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    C: tower::Service<Uri> + Clone + Send + 'static,
-    C::Response: hyper::rt::Read + hyper::rt::Write + Connection + Send + Unpin + 'static,
-    C::Future: Send,
-    C::Error: Into<BoxError>,
+    B: RequestBody,
+    C: Connect,
 {
     use tower::ServiceExt as _;
     let connector = with_pool(home, |p| p.connector.clone())
