@@ -5,8 +5,29 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+
+/// One provider's latency histograms, looked up once instead of by label on every
+/// request.
+#[derive(Debug, Clone)]
+pub struct ProviderMetrics {
+    upstream: Histogram,
+    signer: Histogram,
+}
+
+impl ProviderMetrics {
+    /// Record upstream latency.
+    pub fn upstream(&self, d: Duration) {
+        self.upstream.observe(d.as_secs_f64());
+    }
+
+    /// Record signer latency.
+    pub fn signer(&self, d: Duration) {
+        self.signer.observe(d.as_secs_f64());
+    }
+}
 
 /// Every metric Outpost exports.
 #[derive(Debug, Clone)]
@@ -112,18 +133,12 @@ impl Metrics {
         self.refusals.with_label_values(&[code]).inc();
     }
 
-    /// Record upstream latency.
-    pub fn upstream(&self, provider: &str, d: Duration) {
-        self.upstream
-            .with_label_values(&[provider])
-            .observe(d.as_secs_f64());
-    }
-
-    /// Record signer latency.
-    pub fn signer(&self, provider: &str, d: Duration) {
-        self.signer
-            .with_label_values(&[provider])
-            .observe(d.as_secs_f64());
+    /// `provider`'s latency histograms.
+    pub fn provider(&self, provider: &str) -> ProviderMetrics {
+        ProviderMetrics {
+            upstream: self.upstream.with_label_values(&[provider]),
+            signer: self.signer.with_label_values(&[provider]),
+        }
     }
 
     /// Count an auth-module trap or deadline overrun.

@@ -61,6 +61,8 @@ pub struct Signer {
     /// Kept instances, when the module declared itself stateless and reuse is on
     /// (`OUTPOST_PLUGIN_REUSE` > 1).
     pub pool: Option<InstancePool>,
+    /// This provider's latency histograms, looked up on its first request.
+    pub metrics: std::sync::OnceLock<crate::metrics::ProviderMetrics>,
 }
 
 impl Signer {
@@ -82,6 +84,11 @@ impl Signer {
                 pool,
             )
             .await
+    }
+
+    /// The provider's latency histograms in `metrics`.
+    pub fn metrics(&self, provider: &str, metrics: &Metrics) -> &crate::metrics::ProviderMetrics {
+        self.metrics.get_or_init(|| metrics.provider(provider))
     }
 
     /// Let a module call go ahead, unless the circuit breaker has disabled the module.
@@ -391,6 +398,7 @@ async fn build_signer(
         env,
         breaker: Breaker::new(ctx.settings.breaker),
         pool,
+        metrics: std::sync::OnceLock::new(),
     })
 }
 

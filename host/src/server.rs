@@ -399,7 +399,8 @@ async fn serve_connection(
                     req.extensions_mut().insert(ConnectInfo(peer));
                     router.oneshot(req).await
                 }
-                Err(state) => Ok(crate::pipeline::handle(state, peer, req).await),
+                // Boxed: hyper moves the service's future twice per request.
+                Err(state) => Ok(Box::pin(crate::pipeline::handle(state, peer, req)).await),
             }
         }
     });

@@ -24,13 +24,14 @@ use crate::runtime::{Header, ResponseHook, ResponseInfo, Verdict};
 const MAX_INSPECTED_BODY: usize = 1024 * 1024;
 use crate::server::AppState;
 
-/// Forward `signed` and build the agent's response, with the module's verdict on it.
+/// Forward `signed` and build the agent's response, with the module's verdict on it and
+/// the time the upstream took to its response head.
 pub async fn forward(
     state: &AppState,
     provider: &Selected<'_>,
     category: &str,
     signed: Signed,
-) -> Result<(Response, Verdict), ProxyError> {
+) -> Result<(Response, Verdict, std::time::Duration), ProxyError> {
     let Signed {
         request: r,
         before,
@@ -107,11 +108,16 @@ pub async fn forward(
         Ok(Ok(resp)) => resp,
     };
     let latency = sent.elapsed();
-    state.metrics.upstream(&provider.def.name, latency);
+    provider
+        .signer
+        .metrics(&provider.def.name, &state.metrics)
+        .upstream(latency);
 
     let (mut parts, incoming) = response.into_parts();
     if parts.status == http::StatusCode::TOO_MANY_REQUESTS {
-        return Err(upstream_429(state, provider, category, &parts, incoming).await);
+        // The rare paths are boxed: inline, their futures would make every request's
+        // future larger, and hyper moves that twice per request.
+        return Err(Box::pin(upstream_429(state, provider, category, &parts, incoming)).await);
     }
     let hook = provider.signer.info.response_hook;
     let status = parts.status.as_u16();
@@ -119,7 +125,7 @@ pub async fn forward(
         ResponseHook::None => (Verdict::Accept, Body::new(incoming)),
         ResponseHook::Errors if status < 400 => (Verdict::Accept, Body::new(incoming)),
         ResponseHook::Errors => (
-            tell_module(state, provider, &parts, None).await,
+            Box::pin(tell_module(state, provider, &parts, None)).await,
             Body::new(incoming),
         ),
         ResponseHook::AllWithJsonBody => {
@@ -129,11 +135,14 @@ pub async fn forward(
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|ct| ct.to_ascii_lowercase().contains("application/json"));
             let (seen, body) = if is_json {
-                peek(incoming, MAX_INSPECTED_BODY).await
+                Box::pin(peek(incoming, MAX_INSPECTED_BODY)).await
             } else {
                 (None, Body::new(incoming))
             };
-            (tell_module(state, provider, &parts, seen).await, body)
+            (
+                Box::pin(tell_module(state, provider, &parts, seen)).await,
+                body,
+            )
         }
     };
     let listed = connection_listed(&parts.headers);
@@ -153,9 +162,8 @@ pub async fn forward(
         parts.headers.remove(&name);
     }
     tag_response(&mut parts.headers, &provider.def.name, "BYPASS");
-    parts.extensions.insert(super::UpstreamLatency(latency));
     let body = idle_guard(body, state.settings.idle_timeout, provider.def.name.clone());
-    Ok((Response::from_parts(parts, body), verdict))
+    Ok((Response::from_parts(parts, body), verdict, latency))
 }
 
 /// §6: an upstream 429 starts the category's cooldown and becomes

@@ -58,11 +58,9 @@ struct Trace {
     host: Option<String>,
     provider: Option<String>,
     category: Option<String>,
+    /// Time the upstream took to its response head, when the request was forwarded.
+    upstream: Option<Duration>,
 }
-
-/// Time the upstream took to its response head; set on forwarded responses.
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamLatency(pub Duration);
 
 /// A short unique id per request, for correlating log lines.
 fn request_id() -> String {
@@ -135,16 +133,22 @@ pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Body>) 
         }
     };
     let status = response.status().as_u16();
-    let cache = response
+    // Only the pipeline sets this header, to one of these values.
+    let cache = match response
         .headers()
         .get(headers::X_PROXY_CACHE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
-    let upstream = response.extensions().get::<UpstreamLatency>().map(|u| u.0);
+        .map(http::HeaderValue::as_bytes)
+    {
+        Some(b"HIT") => "HIT",
+        Some(b"MISS") => "MISS",
+        Some(b"BYPASS") => "BYPASS",
+        Some(b"IDEMPOTENT-HIT") => "IDEMPOTENT-HIT",
+        _ => "-",
+    };
+    let upstream = trace.upstream;
     let provider = trace.provider.as_deref().unwrap_or("-");
     if upstream.is_some() {
-        state.metrics.request(provider, status, &cache);
+        state.metrics.request(provider, status, cache);
     }
     tracing::info!(
         request_id = %id,
@@ -154,7 +158,7 @@ pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Body>) 
         path = %path,
         status,
         category = trace.category.as_deref().unwrap_or("-"),
-        cache = %cache,
+        cache,
         upstream_ms = upstream.map(|d| d.as_secs_f64() * 1000.0),
         total_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
@@ -236,7 +240,12 @@ async fn run(
         cache_key = Some(key);
     }
 
-    let outcome = upstream(state, &parts, &provider, &route, target, body, held).await;
+    let outcome = upstream(state, &parts, &provider, &route, target, body, held)
+        .await
+        .map(|(response, latency)| {
+            trace.upstream = Some(latency);
+            response
+        });
 
     // Persist, or release the idempotency claim.
     let cap = state.settings.max_body_bytes;
@@ -298,7 +307,8 @@ fn fail_open<T>(state: &AppState, r: Result<T, ProxyError>) -> Result<Option<T>,
 /// credential (D17).
 const REPLAY_HOLD_BYTES: u64 = 64 * 1024;
 
-/// Phases 10–12 (rate limit, headers, sign, forward), with one retry when the module asks.
+/// Phases 10–12 (rate limit, headers, sign, forward), with one retry when the module
+/// asks. Returns the response and the time the upstream took to its head.
 async fn upstream(
     state: &AppState,
     parts: &http::request::Parts,
@@ -307,7 +317,7 @@ async fn upstream(
     target: path::Target,
     body: Body,
     held: Option<Bytes>,
-) -> Result<Response, ProxyError> {
+) -> Result<(Response, Duration), ProxyError> {
     fail_open(
         state,
         rate_limit::acquire(
@@ -343,7 +353,8 @@ async fn upstream(
     let replay = held
         .or_else(|| signed.buffered.clone())
         .or_else(|| empty_body.then(Bytes::new));
-    let (response, verdict) = forward::forward(state, provider, &route.category, signed).await?;
+    let (response, verdict, latency) =
+        forward::forward(state, provider, &route.category, signed).await?;
     match (verdict, replay, for_retry) {
         // D17: the module dropped a rejected credential and can mint a fresh one: retry once.
         (Verdict::Retry, Some(body), Some((target, headers))) => {
@@ -357,10 +368,10 @@ async fn upstream(
                 Body::from(body),
             )
             .await?;
-            Ok(forward::forward(state, provider, &route.category, signed)
-                .await?
-                .0)
+            let (response, _, latency) =
+                forward::forward(state, provider, &route.category, signed).await?;
+            Ok((response, latency))
         }
-        _ => Ok(response),
+        _ => Ok((response, latency)),
     }
 }

@@ -94,7 +94,9 @@ pub async fn sign(
                 _ => ProxyError::Auth(msg),
             }
         })?;
-    state.metrics.signer(&provider.def.name, started.elapsed());
+    signer
+        .metrics(&provider.def.name, &state.metrics)
+        .signer(started.elapsed());
     let (request, body, buffered) = match (signed.body.take(), buffered) {
         (Some(replacement), _) => {
             let b = Bytes::from(replacement);

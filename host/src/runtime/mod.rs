@@ -16,6 +16,7 @@ pub mod host;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
@@ -87,6 +88,44 @@ pub fn import_allowed(import: &str) -> bool {
     ALLOWED_IMPORT_PREFIXES
         .iter()
         .any(|p| import.starts_with(p))
+}
+
+/// Imports whose calls can wait: the state store and outbound HTTP.
+const BLOCKING_IMPORT_PREFIXES: &[&str] = &["outpost:auth/kv@", "outpost:auth/http@"];
+
+/// The monotonic clock, whose `subscribe-*` functions make the only pollables besides
+/// stdio's (which are always ready); `now` and `resolution` do not wait.
+const MONOTONIC_CLOCK_PREFIX: &str = "wasi:clocks/monotonic-clock@";
+
+/// Whether a module importing `import` (with the functions `functions` from it) can
+/// block in a host call. A module importing nothing that can cannot spend more than
+/// moments in host calls, so its calls skip the call hook that keeps host time out of
+/// the CPU budget (two hook calls for every host↔guest transition, ~2 % of a simple
+/// request's instructions): all of its wall-clock time counts as CPU, which errs on the
+/// strict side.
+fn can_block_in_host<'a>(import: &str, mut functions: impl Iterator<Item = &'a str>) -> bool {
+    BLOCKING_IMPORT_PREFIXES
+        .iter()
+        .any(|p| import.starts_with(p))
+        || (import.starts_with(MONOTONIC_CLOCK_PREFIX)
+            && functions.any(|f| f.starts_with("subscribe")))
+}
+
+/// Whether `component` imports anything that can block in a host call.
+fn blocks_in_host(engine: &Engine, component: &Component) -> bool {
+    component
+        .component_type()
+        .imports(engine)
+        .any(|(import, item)| {
+            let functions: Vec<&str> = match &item.ty {
+                wasmtime::component::types::ComponentItem::ComponentInstance(instance) => {
+                    instance.exports(engine).map(|(name, _)| name).collect()
+                }
+                // Not an interface: count it as one that may wait.
+                _ => return true,
+            };
+            can_block_in_host(import, functions.into_iter())
+        })
 }
 
 /// What `outpost plugin inspect` reports about a component.
@@ -221,6 +260,9 @@ pub struct LoadedModule {
     /// The module declared itself stateless (custom section [`STATELESS_SECTION`]):
     /// one of its instances may serve many requests of the same provider.
     pub stateless: bool,
+    /// The module imports something that can block (see [`can_block_in_host`]): its
+    /// calls measure the time spent in host calls, to keep it out of the CPU budget.
+    pub blocks_in_host: bool,
     pre: bindings::ModulePre<HostState>,
 }
 
@@ -437,6 +479,7 @@ impl Runtime {
         };
 
         let pre = self.vet(name, &component)?;
+        let blocks_in_host = blocks_in_host(&self.engine, &component);
         tracing::info!(
             module = name,
             from_cache,
@@ -454,6 +497,7 @@ impl Runtime {
             digest,
             report,
             stateless: declares_stateless(bytes),
+            blocks_in_host,
             pre,
         })
     }
@@ -507,7 +551,7 @@ impl Runtime {
         })
     }
 
-    fn store(&self, env: Arc<CallEnv>) -> Store<HostState> {
+    fn store(&self, env: Arc<CallEnv>, host_time: bool) -> Store<HostState> {
         let stderr = MemoryOutputPipe::new(4096);
         let wasi = WasiCtxBuilder::new()
             .stderr(stderr.clone())
@@ -535,10 +579,12 @@ impl Runtime {
         let mut store = Store::new(&self.engine, data);
         store.limiter(|s| &mut s.limits);
         // Time blocked in host calls (outbound HTTP, state, WASI sleeps) is not CPU time.
-        store.call_hook(|mut ctx, hook| {
-            ctx.data_mut().on_call_hook(hook);
-            Ok(())
-        });
+        if host_time {
+            store.call_hook(|mut ctx, hook| {
+                ctx.data_mut().on_call_hook(hook);
+                Ok(())
+            });
+        }
         let cpu = self.limits.cpu;
         // Past the first full tick, every tick checks the CPU budget and yields to the
         // executor, so a long-running module cannot hold a worker thread. A deadline of
@@ -587,13 +633,16 @@ impl Runtime {
         config: &str,
     ) -> Result<ModuleInfo, CallError> {
         let _busy = self.ticker.state.busy();
-        let mut store = self.store(env);
+        let mut store = self.store(env, m.blocks_in_host);
         let wall = self.limits.wall;
-        let fut = async {
-            let inst = m.pre.instantiate_async(&mut store).await?;
-            inst.call_validate_config(&mut store, config).await
-        };
-        let outcome = within(wall, fut).await;
+        let outcome = within(
+            wall,
+            std::pin::pin!(async {
+                let inst = m.pre.instantiate_async(&mut store).await?;
+                inst.call_validate_config(&mut store, config).await
+            }),
+        )
+        .await;
         self.settle(m, &store, outcome)
     }
 
@@ -623,18 +672,22 @@ impl Runtime {
                 store.set_epoch_deadline(FIRST_DEADLINE);
                 (store, Some(k.module), k.calls)
             }
-            None => (self.store(env), None, 0),
+            None => (self.store(env, m.blocks_in_host), None, 0),
         };
         let wall = self.limits.wall;
-        let fut = async {
-            let module = match kept_module {
-                Some(module) => module,
-                None => m.pre.instantiate_async(&mut store).await?,
-            };
-            let result = module.call_sign_request(&mut store, config, &req).await?;
-            Ok::<_, wasmtime::Error>((result, module))
-        };
-        let (outcome, module) = match within(wall, fut).await {
+        let call = within(
+            wall,
+            std::pin::pin!(async {
+                let module = match kept_module {
+                    Some(module) => module,
+                    None => m.pre.instantiate_async(&mut store).await?,
+                };
+                let result = module.call_sign_request(&mut store, config, &req).await?;
+                Ok::<_, wasmtime::Error>((result, module))
+            }),
+        )
+        .await;
+        let (outcome, module) = match call {
             Ok(Ok((result, module))) => (Ok(Ok(result)), Some(module)),
             Ok(Err(e)) => (Ok(Err(e)), None),
             Err(elapsed) => (Err(elapsed), None),
@@ -663,13 +716,16 @@ impl Runtime {
         resp: &ResponseInfo,
     ) -> Result<Verdict, CallError> {
         let _busy = self.ticker.state.busy();
-        let mut store = self.store(env);
+        let mut store = self.store(env, m.blocks_in_host);
         let wall = self.limits.wall;
-        let fut = async {
-            let inst = m.pre.instantiate_async(&mut store).await?;
-            inst.call_on_response(&mut store, config, resp).await
-        };
-        let outcome = within(wall, fut).await;
+        let outcome = within(
+            wall,
+            std::pin::pin!(async {
+                let inst = m.pre.instantiate_async(&mut store).await?;
+                inst.call_on_response(&mut store, config, resp).await
+            }),
+        )
+        .await;
         self.settle(m, &store, outcome)
     }
 
@@ -696,13 +752,14 @@ impl Runtime {
 
 /// `tokio::time::timeout(wall, fut)`, without arming a timer when `fut` completes on
 /// its first poll, as a kept instance's synchronous call does. The deadline is taken
-/// before that poll, so it is the same deadline either way.
+/// before that poll, so it is the same deadline either way. `fut` is pinned by the
+/// caller: an owned future moved in here would be stored twice in this one's state
+/// (once as the argument, once pinned), ~1.4 KB more in every request's future.
 async fn within<F: Future>(
     wall: Duration,
-    fut: F,
+    mut fut: Pin<&mut F>,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
     let deadline = tokio::time::Instant::now() + wall;
-    let mut fut = std::pin::pin!(fut);
     let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
     match first {
         Poll::Ready(v) => Ok(v),
@@ -892,7 +949,10 @@ mod tests {
     #[tokio::test]
     async fn the_wall_deadline_counts_from_before_the_first_poll() {
         let wall = Duration::from_millis(200);
-        assert_eq!(within(wall, async { 7 }).await.ok(), Some(7));
+        assert_eq!(
+            within(wall, std::pin::pin!(async { 7 })).await.ok(),
+            Some(7)
+        );
         // A call that runs 150 ms in its first poll, then waits for ever: it still ends
         // at 200 ms from the start, not 200 ms after that poll.
         let started = Instant::now();
@@ -903,7 +963,7 @@ mod tests {
             }
             Poll::<()>::Pending
         });
-        assert!(within(wall, stalls).await.is_err());
+        assert!(within(wall, std::pin::pin!(stalls)).await.is_err());
         let took = started.elapsed();
         assert!(took >= wall, "ended after {took:?}");
         assert!(took < Duration::from_millis(330), "ended after {took:?}");
@@ -912,7 +972,7 @@ mod tests {
     #[tokio::test]
     async fn time_blocked_in_host_calls_is_not_cpu_even_when_the_host_calls_back() {
         let runtime = Runtime::new(test_limits(), None).unwrap();
-        let mut store = runtime.store(call_env());
+        let mut store = runtime.store(call_env(), true);
         let nap = Duration::from_millis(30);
         let hook = |store: &mut Store<HostState>, h| store.data_mut().on_call_hook(h);
         // The export runs (its argument reallocs are host → guest calls at depth 0).
@@ -956,6 +1016,38 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         cond()
+    }
+
+    #[test]
+    fn only_modules_that_can_block_in_a_host_call_measure_host_time() {
+        let runtime = Runtime::new(test_limits(), None).unwrap();
+        let load = |name: &str| {
+            let (_, bytes) = crate::builtin::BUILTIN_MODULES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .unwrap();
+            runtime.load(name, bytes, ModuleSource::Builtin).unwrap()
+        };
+        // Secrets and stdio only, and the clocks' `now`: nothing to wait for.
+        assert!(!load("bearer_static").blocks_in_host);
+        assert!(!load("hmac_signed").blocks_in_host);
+        // Tokens in the state store; tokens minted over HTTP.
+        assert!(load("bearer_redis").blocks_in_host);
+        assert!(load("oauth2_client_credentials").blocks_in_host);
+        let clock = "wasi:clocks/monotonic-clock@0.2.6";
+        assert!(can_block_in_host(
+            clock,
+            ["now", "subscribe-duration"].into_iter()
+        ));
+        assert!(!can_block_in_host(clock, ["now", "resolution"].into_iter()));
+        assert!(!can_block_in_host(
+            "wasi:clocks/wall-clock@0.2.6",
+            std::iter::empty()
+        ));
+        assert!(!can_block_in_host(
+            "wasi:io/poll@0.2.6",
+            ["poll"].into_iter()
+        ));
     }
 
     #[test]

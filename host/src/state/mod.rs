@@ -33,6 +33,9 @@ pub enum StateStore {
     Redis(RedisStore),
 }
 
+// Every Redis call is boxed: its future (fred's, ~5 KB) would otherwise be part of
+// every future that may call the store, the embedded store's included, and so of every
+// request's future, which hyper moves twice per request.
 impl StateStore {
     /// A fresh in-process store.
     pub fn memory() -> Self {
@@ -51,7 +54,7 @@ impl StateStore {
     pub async fn ping(&self) -> Result<(), StateError> {
         match self {
             Self::Memory(_) => Ok(()),
-            Self::Redis(r) => r.ping().await,
+            Self::Redis(r) => Box::pin(r.ping()).await,
         }
     }
 
@@ -59,7 +62,7 @@ impl StateStore {
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         match self {
             Self::Memory(m) => Ok(m.get(key)),
-            Self::Redis(r) => r.get(key).await,
+            Self::Redis(r) => Box::pin(r.get(key)).await,
         }
     }
 
@@ -75,7 +78,7 @@ impl StateStore {
                 m.set(key, value, ttl, false);
                 Ok(())
             }
-            Self::Redis(r) => r.set(key, value, ttl, false).await.map(|_| ()),
+            Self::Redis(r) => Box::pin(r.set(key, value, ttl, false)).await.map(|_| ()),
         }
     }
 
@@ -88,7 +91,7 @@ impl StateStore {
     ) -> Result<bool, StateError> {
         match self {
             Self::Memory(m) => Ok(m.set(key, value, ttl, true)),
-            Self::Redis(r) => r.set(key, value, ttl, true).await,
+            Self::Redis(r) => Box::pin(r.set(key, value, ttl, true)).await,
         }
     }
 
@@ -99,7 +102,7 @@ impl StateStore {
                 m.delete(key);
                 Ok(())
             }
-            Self::Redis(r) => r.delete(key).await,
+            Self::Redis(r) => Box::pin(r.delete(key)).await,
         }
     }
 
@@ -107,7 +110,7 @@ impl StateStore {
     pub async fn ttl_ms(&self, key: &str) -> Result<Option<u64>, StateError> {
         match self {
             Self::Memory(m) => Ok(m.ttl_ms(key)),
-            Self::Redis(r) => r.ttl_ms(key).await,
+            Self::Redis(r) => Box::pin(r.ttl_ms(key)).await,
         }
     }
 
@@ -117,7 +120,7 @@ impl StateStore {
     pub async fn admit(&self, cooldown: &str, limits: &[Limit<'_>]) -> Result<Admit, StateError> {
         match self {
             Self::Memory(m) => Ok(m.admit(cooldown, limits)),
-            Self::Redis(r) => r.admit(cooldown, limits).await,
+            Self::Redis(r) => Box::pin(r.admit(cooldown, limits)).await,
         }
     }
 }
