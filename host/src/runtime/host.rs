@@ -42,7 +42,8 @@ pub struct HostState {
     /// When the call started.
     pub(super) started: Instant,
     /// Time spent in host calls — our imports and WASI alike (not charged to the CPU
-    /// budget). Measured by the store's call hook.
+    /// budget). Measured by the store's call hook, which only modules that can wait in a
+    /// host call get (see `LoadedModule::blocks_in_host`); zero for the others.
     pub(super) io_time: Duration,
     /// Since when host code has been running on the guest's behalf, if it is now.
     pub(super) in_host_since: Option<Instant>,

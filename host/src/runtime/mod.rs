@@ -117,14 +117,13 @@ fn blocks_in_host(engine: &Engine, component: &Component) -> bool {
         .component_type()
         .imports(engine)
         .any(|(import, item)| {
-            let functions: Vec<&str> = match &item.ty {
+            match &item.ty {
                 wasmtime::component::types::ComponentItem::ComponentInstance(instance) => {
-                    instance.exports(engine).map(|(name, _)| name).collect()
+                    can_block_in_host(import, instance.exports(engine).map(|(name, _)| name))
                 }
                 // Not an interface: count it as one that may wait.
-                _ => return true,
-            };
-            can_block_in_host(import, functions.into_iter())
+                _ => true,
+            }
         })
 }
 
