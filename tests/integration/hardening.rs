@@ -461,6 +461,11 @@ async fn sigterm_lets_in_flight_requests_finish_on_every_worker() {
         &format!("name: slow\nbase_url: http://{upstream}\nauth: {{type: none}}\n"),
     );
     let mut outpost = Outpost::start(&cfg);
+    // The port opens just before the start-up line is logged: give the line a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !outpost.logs().contains("workers=3") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(outpost.logs().contains("workers=3"), "{}", outpost.logs());
 
     // Six requests on six connections: two per worker.
