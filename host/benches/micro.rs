@@ -153,6 +153,11 @@ fn config_dir(redis_url: Option<&str>) -> (tempfile::TempDir, MapEnv) {
     if let Some(url) = redis_url {
         vars.insert("REDIS_URL".into(), url.into());
     }
+    // Under valgrind, which cannot reserve the pooling allocator's default address
+    // space: `OUTPOST_PLUGIN_MAX_INSTANCES=2 valgrind --tool=callgrind …`.
+    if let Ok(n) = std::env::var("OUTPOST_PLUGIN_MAX_INSTANCES") {
+        vars.insert("OUTPOST_PLUGIN_MAX_INSTANCES".into(), n);
+    }
     (dir, MapEnv(vars))
 }
 

@@ -93,12 +93,14 @@ impl Signer {
 
     /// Let a module call go ahead, unless the circuit breaker has disabled the module.
     pub fn admit(&self, provider: &str) -> Result<(), crate::error::ProxyError> {
-        let now = std::time::Instant::now();
         self.breaker
-            .admit(now)
+            .admit(std::time::Instant::now)
             .map_err(|retry_in| crate::error::ProxyError::ModuleDisabled {
                 provider: provider.to_string(),
-                failures: self.breaker.open(now).map_or(0, |o| o.failures),
+                failures: self
+                    .breaker
+                    .open(std::time::Instant::now())
+                    .map_or(0, |o| o.failures),
                 retry_after: retry_in.as_secs_f64(),
             })
     }

@@ -11,7 +11,11 @@ use crate::error::ProxyError;
 use crate::policy::route::Route;
 
 /// The route, or `404 PROXY_NO_ROUTE`.
-pub fn classify(def: &ProviderDef, method: &Method, target: &Target) -> Result<Route, ProxyError> {
+pub fn classify<'d>(
+    def: &'d ProviderDef,
+    method: &Method,
+    target: &Target,
+) -> Result<Route<'d>, ProxyError> {
     def.routes
         .classify(method.as_str(), &target.canonical)
         .ok_or_else(|| {

@@ -52,12 +52,13 @@ use crate::error::ProxyError;
 use crate::runtime::Verdict;
 use crate::server::AppState;
 
-/// What the log line of a request carries.
+/// What the log line of a request carries, borrowed from the configuration generation
+/// the request runs on.
 #[derive(Debug, Default)]
-struct Trace {
-    host: Option<String>,
-    provider: Option<String>,
-    category: Option<String>,
+struct Trace<'g> {
+    host: Option<&'g str>,
+    provider: Option<&'g str>,
+    category: Option<&'g str>,
     /// Time the upstream took to its response head, when the request was forwarded.
     upstream: Option<Duration>,
 }
@@ -112,9 +113,10 @@ fn guard_request_body(body: Body, idle: Duration) -> Body {
 
 /// Run every phase for one request, then write its log line and metrics.
 pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Body>) -> Response {
-    let started = Instant::now();
-    // The id and the path are only for log lines: not made when they are not written.
+    // The id, the path and the total time are only for log lines: not made when they are
+    // not written.
     let logged = tracing::enabled!(tracing::Level::INFO);
+    let started = logged.then(Instant::now);
     let id = if logged { request_id() } else { String::new() };
     let method = req.method().clone();
     let path = if logged {
@@ -122,12 +124,14 @@ pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Body>) 
     } else {
         String::new()
     };
+    // The configuration generation this request runs on, start to finish (D23).
+    let generation = state.current();
     let mut trace = Trace::default();
-    let response = match run(&state, peer, req, &mut trace).await {
+    let response = match run(&state, &generation, peer, req, &mut trace).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::info!(request_id = %id, host = trace.host.as_deref().unwrap_or("-"),
-                provider = trace.provider.as_deref().unwrap_or("-"), code = e.code(), "refused: {e}");
+            tracing::info!(request_id = %id, host = trace.host.unwrap_or("-"),
+                provider = trace.provider.unwrap_or("-"), code = e.code(), "refused: {e}");
             state.metrics.refusal(e.code());
             e.into_response()
         }
@@ -146,50 +150,49 @@ pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Body>) 
         _ => "-",
     };
     let upstream = trace.upstream;
-    let provider = trace.provider.as_deref().unwrap_or("-");
+    let provider = trace.provider.unwrap_or("-");
     if upstream.is_some() {
         state.metrics.request(provider, status, cache);
     }
     tracing::info!(
         request_id = %id,
-        host = trace.host.as_deref().unwrap_or("-"),
+        host = trace.host.unwrap_or("-"),
         provider,
         method = %method,
         path = %path,
         status,
-        category = trace.category.as_deref().unwrap_or("-"),
+        category = trace.category.unwrap_or("-"),
         cache,
         upstream_ms = upstream.map(|d| d.as_secs_f64() * 1000.0),
-        total_ms = started.elapsed().as_secs_f64() * 1000.0,
+        total_ms = started.map(|s| s.elapsed().as_secs_f64() * 1000.0),
         "request"
     );
     response
 }
 
-async fn run(
+async fn run<'g>(
     state: &AppState,
+    generation: &'g crate::server::Generation,
     peer: SocketAddr,
     req: Request<Body>,
-    trace: &mut Trace,
+    trace: &mut Trace<'g>,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
     let body = guard_request_body(body, state.settings.idle_timeout);
     let ip = client_ip::resolve(peer, &parts.headers, &state.settings.trusted_proxies)?;
-    // The configuration generation this request runs on, start to finish (D23).
-    let generation = state.current();
     let policy = host_policy::admit(&generation.hosts, ip)?;
-    trace.host = Some(policy.id.clone());
+    trace.host = Some(&policy.id);
     psk::verify(policy, &parts.headers)?;
     let provider = provider::resolve(
         &generation.providers,
         &parts.headers,
         &state.settings.default_provider,
     )?;
-    trace.provider = Some(provider.def.name.clone());
+    trace.provider = Some(&provider.def.name);
     let target = path::build(provider.def, &parts.uri)?;
     deny::check(provider.def, &target)?;
     let route = classify::classify(provider.def, &parts.method, &target)?;
-    trace.category = Some(route.category.clone());
+    trace.category = Some(route.category);
     sensitive::gate(
         policy,
         &route,
@@ -313,7 +316,7 @@ async fn upstream(
     state: &AppState,
     parts: &http::request::Parts,
     provider: &provider::Selected<'_>,
-    route: &crate::policy::route::Route,
+    route: &crate::policy::route::Route<'_>,
     target: path::Target,
     body: Body,
     held: Option<Bytes>,
@@ -323,7 +326,7 @@ async fn upstream(
         rate_limit::acquire(
             &state.state,
             provider.def,
-            &route.category,
+            route.category,
             state.settings.rate_limit_queue_timeout,
         )
         .await,
@@ -354,7 +357,7 @@ async fn upstream(
         .or_else(|| signed.buffered.clone())
         .or_else(|| empty_body.then(Bytes::new));
     let (response, verdict, latency) =
-        forward::forward(state, provider, &route.category, signed).await?;
+        forward::forward(state, provider, route.category, signed).await?;
     match (verdict, replay, for_retry) {
         // D17: the module dropped a rejected credential and can mint a fresh one: retry once.
         (Verdict::Retry, Some(body), Some((target, headers))) => {
@@ -369,7 +372,7 @@ async fn upstream(
             )
             .await?;
             let (response, _, latency) =
-                forward::forward(state, provider, &route.category, signed).await?;
+                forward::forward(state, provider, route.category, signed).await?;
             Ok((response, latency))
         }
         _ => Ok((response, latency)),

@@ -10,7 +10,7 @@ use crate::policy::route::Route;
 /// `403 PROXY_SENSITIVE_DENIED` when the host may not make this call.
 pub fn gate(
     policy: &HostPolicy,
-    route: &Route,
+    route: &Route<'_>,
     provider: &str,
     method: &str,
     path: &str,

@@ -9,9 +9,9 @@ use crate::config::provider::{AllowRule, Forwarding, Mode};
 
 /// What a matched request is, for the later phases.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// Rate-limit category.
-    pub category: String,
+pub struct Route<'a> {
+    /// Rate-limit category (borrowed from the policy: no copy per request).
+    pub category: &'a str,
     /// Response cache TTL, seconds.
     pub cache_ttl: u64,
     /// Needs `can_call_sensitive`.
@@ -21,7 +21,9 @@ pub struct Route {
 #[derive(Debug, Clone)]
 struct AllowEntry {
     method: String,
-    route: Route,
+    category: String,
+    cache_ttl: u64,
+    sensitive: bool,
 }
 
 /// A provider's compiled routing policy.
@@ -70,11 +72,9 @@ impl RoutePolicy {
             .iter()
             .map(|rule| AllowEntry {
                 method: rule.method.clone(),
-                route: Route {
-                    category: rule.category.clone(),
-                    cache_ttl: rule.cache_ttl,
-                    sensitive: rule.sensitive,
-                },
+                category: rule.category.clone(),
+                cache_ttl: rule.cache_ttl,
+                sensitive: rule.sensitive,
             })
             .collect();
         Ok(Self {
@@ -115,7 +115,7 @@ impl RoutePolicy {
     }
 
     /// The route for `method` (upper-case) on `canonical`, or `None` (allowlist miss).
-    pub fn classify(&self, method: &str, canonical: &str) -> Option<Route> {
+    pub fn classify(&self, method: &str, canonical: &str) -> Option<Route<'_>> {
         match self.mode {
             // The first rule, in file order, whose glob and method match.
             Mode::Allowlist => self
@@ -124,11 +124,15 @@ impl RoutePolicy {
                 .iter()
                 .map(|i| &self.allow[i])
                 .find(|e| e.method == "*" || e.method == method)
-                .map(|e| e.route.clone()),
+                .map(|e| Route {
+                    category: &e.category,
+                    cache_ttl: e.cache_ttl,
+                    sensitive: e.sensitive,
+                }),
             Mode::Transparent => {
                 let write = is_write(method);
                 Some(Route {
-                    category: self.default_category.clone(),
+                    category: &self.default_category,
                     cache_ttl: if write { 0 } else { self.default_cache_ttl },
                     sensitive: write && self.treat_writes_as_sensitive,
                 })
@@ -226,7 +230,7 @@ mod tests {
                     (r.method == "*" || r.method == method)
                         && Glob::new(&r.pattern, false).unwrap().matches(path)
                 })
-                .map(|r| r.category.clone())
+                .map(|r| r.category.as_str())
         };
         let paths = [
             "/v1/orders/1",

@@ -59,16 +59,20 @@ impl Breaker {
     }
 
     /// May a call go ahead? `Err(retry_in)` while open, or while another call probes.
-    pub fn admit(&self, now: Instant) -> Result<(), Duration> {
+    /// `now` is asked only while the breaker is open: a closed one needs no clock.
+    pub fn admit(&self, now: impl FnOnce() -> Instant) -> Result<(), Duration> {
         let mut s = self.lock();
-        match s.open_until {
-            None => Ok(()),
-            Some(until) if now < until => Err(until - now),
-            Some(_) if s.probing => Err(Duration::from_secs(1)),
-            Some(_) => {
-                s.probing = true;
-                Ok(())
-            }
+        let Some(until) = s.open_until else {
+            return Ok(());
+        };
+        let now = now();
+        if now < until {
+            Err(until - now)
+        } else if s.probing {
+            Err(Duration::from_secs(1))
+        } else {
+            s.probing = true;
+            Ok(())
         }
     }
 
@@ -123,26 +127,26 @@ mod tests {
         b.success(); // a success in between resets the count
         assert!(!b.failure(t));
         assert!(!b.failure(t));
-        assert!(b.admit(t).is_ok());
+        assert!(b.admit(|| t).is_ok());
         assert!(b.failure(t), "third consecutive failure opens it");
         assert_eq!(
-            b.admit(t + Duration::from_secs(4)),
+            b.admit(|| t + Duration::from_secs(4)),
             Err(Duration::from_secs(6))
         );
         assert_eq!(b.open(t).map(|o| o.failures), Some(3));
         // Half-open: one probe at a time.
         let later = t + Duration::from_secs(11);
-        assert!(b.admit(later).is_ok());
-        assert!(b.admit(later).is_err());
+        assert!(b.admit(|| later).is_ok());
+        assert!(b.admit(|| later).is_err());
         // The probe fails: open again for a full cooldown.
         assert!(b.failure(later));
-        assert!(b.admit(later + Duration::from_secs(9)).is_err());
+        assert!(b.admit(|| later + Duration::from_secs(9)).is_err());
         // The next probe succeeds: closed.
         let much_later = later + Duration::from_secs(11);
-        assert!(b.admit(much_later).is_ok());
+        assert!(b.admit(|| much_later).is_ok());
         b.success();
         assert!(b.open(much_later).is_none());
-        assert!(b.admit(much_later).is_ok());
+        assert!(b.admit(|| much_later).is_ok());
     }
 
     #[test]
@@ -152,6 +156,24 @@ mod tests {
         for _ in 0..100 {
             assert!(!b.failure(t));
         }
-        assert!(b.admit(t).is_ok());
+        assert!(b.admit(|| t).is_ok());
+    }
+
+    #[test]
+    fn a_closed_breaker_reads_no_clock() {
+        let b = breaker(3);
+        assert!(
+            b.admit(|| unreachable!("read the clock while closed"))
+                .is_ok()
+        );
+        let t = Instant::now();
+        b.failure(t);
+        b.failure(t);
+        assert!(
+            b.admit(|| unreachable!("read the clock while closed"))
+                .is_ok()
+        );
+        assert!(b.failure(t));
+        assert!(b.admit(|| t).is_err(), "open: the clock decides");
     }
 }
