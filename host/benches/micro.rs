@@ -198,7 +198,7 @@ fn sign_benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, state: &AppStat
         let signer = generation.providers.by_name[*name].signer.as_ref().unwrap();
         group.bench_function(format!("{name}/fresh"), |b| {
             b.to_async(rt)
-                .iter(|| async { signer.sign(&state.runtime, request(), None).await.unwrap() })
+                .iter(|| async { signer.sign(&state.runtime, &request(), None).await.unwrap() })
         });
         // The proxy's path for a module that declares itself stateless: a kept
         // instance (OUTPOST_PLUGIN_REUSE), fresh only when none is idle.
@@ -206,7 +206,7 @@ fn sign_benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, state: &AppStat
         group.bench_function(format!("{name}/kept"), |b| {
             b.to_async(rt).iter(|| async {
                 signer
-                    .sign(&state.runtime, request(), Some(&pool))
+                    .sign(&state.runtime, &request(), Some(&pool))
                     .await
                     .unwrap()
             })
@@ -313,7 +313,7 @@ fn signer_p99(rt: &tokio::runtime::Runtime, state: &AppState) {
                 let mut out = Vec::with_capacity(calls);
                 for i in 0..calls + 1000 {
                     let t = Instant::now();
-                    signer.sign(&state.runtime, request(), pool).await.unwrap();
+                    signer.sign(&state.runtime, &request(), pool).await.unwrap();
                     if i >= 1000 {
                         out.push(t.elapsed());
                     }
@@ -444,7 +444,7 @@ fn compare(rt: &tokio::runtime::Runtime, state: &AppState, files: &str) {
                 for _ in 0..500 {
                     let t = Instant::now();
                     let pool = kept.then_some(&pools[i]);
-                    signer.sign(&state.runtime, request(), pool).await.unwrap();
+                    signer.sign(&state.runtime, &request(), pool).await.unwrap();
                     if block >= 2 {
                         samples[i].push(t.elapsed());
                     }

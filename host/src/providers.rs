@@ -71,7 +71,7 @@ impl Signer {
     pub async fn sign(
         &self,
         runtime: &Runtime,
-        request: crate::runtime::Request,
+        request: &crate::runtime::Request,
         pool: Option<&InstancePool>,
     ) -> Result<crate::runtime::Request, CallError> {
         runtime

@@ -404,8 +404,10 @@ async fn serve_connection(
             }
         }
     });
+    // Without upgrades: the pipeline drops `Upgrade` from every request, so no
+    // connection is ever upgraded, and hyper's upgrade wrapper would only cost time.
     let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .serve_connection(TokioIo::new(io), service)
         .into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, "connection ended: {e}");

@@ -183,6 +183,11 @@ pub struct ProviderDef {
     pub file: std::path::PathBuf,
     /// Lower-cased name.
     pub name: String,
+    /// The name as the `X-Proxy-Provider` value of its responses, made once (`None`
+    /// when the name is not a valid header value).
+    pub name_header: Option<http::HeaderValue>,
+    /// The name, shared with what outlives a request (a response body's idle guard).
+    pub shared_name: std::sync::Arc<str>,
     /// `scheme://authority` of the upstream, e.g. `https://api.github.com`.
     pub origin: String,
     /// `http` or `https`.
@@ -317,6 +322,8 @@ fn validate(file: &Path, raw: ProviderFile) -> Result<ProviderDef, ConfigError> 
         routes,
         file: file.to_path_buf(),
         origin: format!("{scheme}://{authority}"),
+        name_header: http::HeaderValue::from_str(&name).ok(),
+        shared_name: name.as_str().into(),
         name,
         scheme,
         authority,

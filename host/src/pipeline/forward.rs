@@ -14,30 +14,27 @@ use futures_util::StreamExt;
 use http::{HeaderName, HeaderValue};
 use http_body_util::BodyExt;
 
-use super::headers::{DROP_RESPONSE, connection_listed, tag_response};
+use super::headers::{DROP_RESPONSE, always_dropped_response, connection_listed, tag_response};
 use super::provider::Selected;
-use super::sign::Signed;
 use crate::error::ProxyError;
-use crate::runtime::{Header, ResponseHook, ResponseInfo, Verdict};
+use crate::runtime::{Header, Request, ResponseHook, ResponseInfo, Verdict};
 
 /// Largest JSON response body shown to `on-response`; larger bodies stream unseen.
 const MAX_INSPECTED_BODY: usize = 1024 * 1024;
 use crate::server::AppState;
 
-/// Forward `signed` and build the agent's response, with the module's verdict on it and
-/// the time the upstream took to its response head.
+/// Forward the signed request `r` with `body` and build the agent's response, with the
+/// module's verdict on it and the time the upstream took to its response head. `before`
+/// are the headers the module was given: any other header it returned was injected by
+/// the module and is marked sensitive.
 pub async fn forward(
     state: &AppState,
     provider: &Selected<'_>,
     category: &str,
-    signed: Signed,
+    r: Request,
+    body: Body,
+    before: &[(HeaderName, HeaderValue)],
 ) -> Result<(Response, Verdict, std::time::Duration), ProxyError> {
-    let Signed {
-        request: r,
-        before,
-        body,
-        ..
-    } = signed;
     let mut uri = String::with_capacity(
         r.scheme.len() + 3 + r.authority.len() + r.path.len() + 1 + r.query.len(),
     );
@@ -145,24 +142,23 @@ pub async fn forward(
             )
         }
     };
-    let listed = connection_listed(&parts.headers);
-    let strip = &provider.def.strip_response_headers;
-    let dropped: Vec<HeaderName> = parts
-        .headers
-        .keys()
-        .filter(|name| {
-            let n = name.as_str();
-            DROP_RESPONSE.contains(&n)
-                || listed.iter().any(|l| l == n)
-                || strip.iter().any(|s| s == n)
-        })
-        .cloned()
-        .collect();
-    for name in dropped {
-        parts.headers.remove(&name);
+    let listed = connection_listed(&parts.headers, always_dropped_response);
+    for name in &DROP_RESPONSE {
+        parts.headers.remove(name);
     }
-    tag_response(&mut parts.headers, &provider.def.name, "BYPASS");
-    let body = idle_guard(body, state.settings.idle_timeout, provider.def.name.clone());
+    for name in listed.iter().chain(&provider.def.strip_response_headers) {
+        parts.headers.remove(name.as_str());
+    }
+    tag_response(
+        &mut parts.headers,
+        provider.def.name_header.as_ref(),
+        "BYPASS",
+    );
+    let body = idle_guard(
+        body,
+        state.settings.idle_timeout,
+        provider.def.shared_name.clone(),
+    );
     Ok((Response::from_parts(parts, body), verdict, latency))
 }
 
@@ -209,7 +205,7 @@ async fn upstream_429(
 }
 
 /// Abort a streamed body when the upstream sends nothing for `idle` (D12).
-fn idle_guard(body: Body, idle: std::time::Duration, provider: String) -> Body {
+fn idle_guard(body: Body, idle: std::time::Duration, provider: std::sync::Arc<str>) -> Body {
     if http_body::Body::is_end_stream(&body) {
         return body;
     }
@@ -221,7 +217,7 @@ fn idle_guard(body: Body, idle: std::time::Duration, provider: String) -> Body {
 }
 
 /// The upstream went quiet in the middle of its response body.
-struct UpstreamIdle(String);
+struct UpstreamIdle(std::sync::Arc<str>);
 
 impl crate::idle::OnIdle for UpstreamIdle {
     fn error(&self, idle: std::time::Duration) -> axum::Error {

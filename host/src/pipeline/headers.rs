@@ -20,10 +20,10 @@ pub const X_PROXY_PROVIDER: HeaderName = HeaderName::from_static("x-proxy-provid
 pub const X_PROXY_CACHE: HeaderName = HeaderName::from_static("x-proxy-cache");
 
 /// Tag a response for the agent: the provider that answered (left out if its name is not
-/// a valid header value) and the cache state.
-pub fn tag_response(headers: &mut HeaderMap, provider: &str, cache: &'static str) {
-    if let Ok(v) = HeaderValue::from_str(provider) {
-        headers.insert(X_PROXY_PROVIDER, v);
+/// a valid header value; the value is made once, at load) and the cache state.
+pub fn tag_response(headers: &mut HeaderMap, provider: Option<&HeaderValue>, cache: &'static str) {
+    if let Some(v) = provider {
+        headers.insert(X_PROXY_PROVIDER, v.clone());
     }
     headers.insert(X_PROXY_CACHE, HeaderValue::from_static(cache));
 }
@@ -52,27 +52,52 @@ const DROP_REQUEST: &[&str] = &[
 ];
 
 /// Response headers never passed back (hop-by-hop).
-pub const DROP_RESPONSE: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+pub const DROP_RESPONSE: [HeaderName; 7] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
 ];
 
-/// Header names listed in `Connection` (they are hop-by-hop too).
-pub fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+/// Header names listed in `Connection` (they are hop-by-hop too), lower-cased. Names
+/// that `dropped_anyway` (given the name as listed, in any case) says are dropped in any
+/// event are left out, so the usual `Connection: keep-alive` allocates nothing.
+pub fn connection_listed(
+    headers: &HeaderMap,
+    dropped_anyway: impl Fn(&str) -> bool,
+) -> Vec<String> {
     headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !dropped_anyway(t))
+        .map(str::to_ascii_lowercase)
         .collect()
 }
+
+/// Whether a request header named `name` (in any case) is never forwarded, whatever
+/// `Connection` lists.
+fn always_dropped_request(name: &str) -> bool {
+    DROP_REQUEST.iter().any(|d| d.eq_ignore_ascii_case(name))
+        || name
+            .get(..X_FORWARDED.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(X_FORWARDED))
+}
+
+/// Whether a response header named `name` (in any case) is never passed back.
+pub fn always_dropped_response(name: &str) -> bool {
+    DROP_RESPONSE
+        .iter()
+        .any(|d| d.as_str().eq_ignore_ascii_case(name))
+}
+
+/// Prefix of the forwarding headers, never forwarded.
+const X_FORWARDED: &str = "x-forwarded-";
 
 /// The agent's headers as they may be forwarded, in their original order, followed or
 /// replaced by the provider's default headers.
@@ -80,13 +105,13 @@ pub fn outbound(
     agent: &HeaderMap,
     defaults: &[(HeaderName, HeaderValue)],
 ) -> Vec<(HeaderName, HeaderValue)> {
-    let listed = connection_listed(agent);
+    let listed = connection_listed(agent, always_dropped_request);
     let mut out: Vec<(HeaderName, HeaderValue)> = agent
         .iter()
         .filter(|(n, _)| {
             let n = n.as_str();
             !DROP_REQUEST.contains(&n)
-                && !n.starts_with("x-forwarded-")
+                && !n.starts_with(X_FORWARDED)
                 && !listed.iter().any(|l| l == n)
         })
         .map(|(n, v)| (n.clone(), v.clone()))

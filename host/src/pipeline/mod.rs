@@ -225,7 +225,7 @@ async fn run<'g>(
             replay::idempotency_claim(&state.state, &key, &fp).await,
         )? {
             Some(replay::Claim::Replay(e)) => {
-                return Ok(replay::replay(&e, name, "IDEMPOTENT-HIT"));
+                return Ok(replay::replay(&e, provider.def, "IDEMPOTENT-HIT"));
             }
             Some(replay::Claim::Owned) => idempotency = Some((key, fp)),
             None => {}
@@ -238,7 +238,7 @@ async fn run<'g>(
     if parts.method == http::Method::GET && route.cache_ttl > 0 {
         let key = replay::cache_key(name, &target.canonical, &target.query);
         if let Some(Some(e)) = fail_open(state, replay::cache_lookup(&state.state, &key).await)? {
-            return Ok(replay::replay(&e, name, "HIT"));
+            return Ok(replay::replay(&e, provider.def, "HIT"));
         }
         cache_key = Some(key);
     }
@@ -348,31 +348,37 @@ async fn upstream(
         held => (body, held),
     };
     let empty_body = http_body::Body::is_end_stream(&body);
-    // Only a module that sees responses can ask for a retry: keep what it needs then.
-    let for_retry = (provider.signer.info.response_hook != crate::runtime::ResponseHook::None)
-        .then(|| (target.clone(), headers.clone()));
-    let signed = sign::sign(state, provider, &parts.method, target, headers, body).await?;
+    let signed = sign::sign(state, provider, &parts.method, target, &headers, body).await?;
     // A body can be sent again only if we hold it (buffered) or there is none.
     let replay = held
         .or_else(|| signed.buffered.clone())
         .or_else(|| empty_body.then(Bytes::new));
-    let (response, verdict, latency) =
-        forward::forward(state, provider, route.category, signed).await?;
-    match (verdict, replay, for_retry) {
+    // Only a module that sees responses can ask for a retry: keep what it was given then.
+    let retry = (provider.signer.info.response_hook != crate::runtime::ResponseHook::None)
+        .then_some(signed.unsigned);
+    let (response, verdict, latency) = forward::forward(
+        state,
+        provider,
+        route.category,
+        signed.request,
+        signed.body,
+        &headers,
+    )
+    .await?;
+    match (verdict, replay, retry) {
         // D17: the module dropped a rejected credential and can mint a fresh one: retry once.
-        (Verdict::Retry, Some(body), Some((target, headers))) => {
+        (Verdict::Retry, Some(body), Some(unsigned)) => {
             tracing::info!(provider = %provider.def.name, "retrying once with a fresh credential");
-            let signed = sign::sign(
+            let signed = sign::sign_request(state, provider, unsigned, Body::from(body)).await?;
+            let (response, _, latency) = forward::forward(
                 state,
                 provider,
-                &parts.method,
-                target,
-                headers,
-                Body::from(body),
+                route.category,
+                signed.request,
+                signed.body,
+                &headers,
             )
             .await?;
-            let (response, _, latency) =
-                forward::forward(state, provider, route.category, signed).await?;
             Ok((response, latency))
         }
         _ => Ok((response, latency)),

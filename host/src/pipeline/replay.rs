@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
+use crate::config::provider::ProviderDef;
 use crate::error::ProxyError;
 use crate::state::{StateError, StateStore};
 
@@ -87,7 +88,7 @@ pub fn fingerprint(method: &str, path: &str, query: &str, body: &[u8]) -> String
 }
 
 /// The response for a stored entry.
-pub fn replay(entry: &Entry, provider: &str, tag: &'static str) -> Response {
+pub fn replay(entry: &Entry, provider: &ProviderDef, tag: &'static str) -> Response {
     let body = base64::engine::general_purpose::STANDARD
         .decode(&entry.body_b64)
         .unwrap_or_default();
@@ -104,7 +105,7 @@ pub fn replay(entry: &Entry, provider: &str, tag: &'static str) -> Response {
     {
         h.insert(http::header::CONTENT_ENCODING, v);
     }
-    super::headers::tag_response(h, provider, tag);
+    super::headers::tag_response(h, provider.name_header.as_ref(), tag);
     resp
 }
 

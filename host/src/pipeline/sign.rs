@@ -20,9 +20,8 @@ use crate::server::AppState;
 pub struct Signed {
     /// What the module returned.
     pub request: Request,
-    /// Headers present before signing; anything else was injected by the module and
-    /// is marked sensitive.
-    pub before: Vec<(HeaderName, HeaderValue)>,
+    /// What the module was given: a retry with a fresh credential (D17) signs it again.
+    pub unsigned: Request,
     /// The body to send.
     pub body: Body,
     /// The buffered body, when there is one (replayable for a retry).
@@ -48,23 +47,15 @@ pub async fn buffer(body: Body, limit: usize) -> Result<Bytes, ProxyError> {
         .to_bytes())
 }
 
-/// Sign the request.
+/// Sign the request to `target` with `headers` (those of [`super::headers::outbound`]).
 pub async fn sign(
     state: &AppState,
     provider: &Selected<'_>,
     method: &Method,
     target: Target,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    headers: &[(HeaderName, HeaderValue)],
     body: Body,
 ) -> Result<Signed, ProxyError> {
-    let signer = provider.signer;
-    let (buffered, stream) = match signer.info.body_access {
-        BodyAccess::None => (None, Some(body)),
-        BodyAccess::Read | BodyAccess::ReadWrite => {
-            let bytes = buffer(body, state.settings.max_body_bytes).await?;
-            (Some(bytes), None)
-        }
-    };
     let request = Request {
         method: method.as_str().to_string(),
         scheme: target.scheme,
@@ -78,12 +69,32 @@ pub async fn sign(
                 value: v.as_bytes().to_vec(),
             })
             .collect(),
-        body: buffered.as_ref().map(|b| b.to_vec()),
+        body: None,
     };
+    sign_request(state, provider, request, body).await
+}
+
+/// Sign `request` (its body, when the module needs one, is read from `body`): the
+/// request [`sign`] built, or the one a first attempt signed, for a retry.
+pub async fn sign_request(
+    state: &AppState,
+    provider: &Selected<'_>,
+    mut request: Request,
+    body: Body,
+) -> Result<Signed, ProxyError> {
+    let signer = provider.signer;
+    let (buffered, stream) = match signer.info.body_access {
+        BodyAccess::None => (None, Some(body)),
+        BodyAccess::Read | BodyAccess::ReadWrite => {
+            let bytes = buffer(body, state.settings.max_body_bytes).await?;
+            (Some(bytes), None)
+        }
+    };
+    request.body = buffered.as_ref().map(|b| b.to_vec());
     signer.admit(&provider.def.name)?;
     let started = std::time::Instant::now();
     let outcome = signer
-        .sign(&state.runtime, request, signer.pool.as_ref())
+        .sign(&state.runtime, &request, signer.pool.as_ref())
         .await;
     signer.record(&provider.def.name, &outcome, &state.metrics);
     let mut signed = outcome.map_err(|e| {
@@ -97,18 +108,17 @@ pub async fn sign(
     signer
         .metrics(&provider.def.name, &state.metrics)
         .signer(started.elapsed());
-    let (request, body, buffered) = match (signed.body.take(), buffered) {
+    let (body, buffered) = match (signed.body.take(), buffered) {
         (Some(replacement), _) => {
             let b = Bytes::from(replacement);
-            (signed, Body::from(b.clone()), Some(b))
+            (Body::from(b.clone()), Some(b))
         }
-        (None, Some(b)) => (signed, Body::from(b.clone()), Some(b)),
-        (None, None) => (signed, stream.unwrap_or_else(Body::empty), None),
+        (None, Some(b)) => (Body::from(b.clone()), Some(b)),
+        (None, None) => (stream.unwrap_or_else(Body::empty), None),
     };
     Ok(Signed {
-        request,
-        // Cheap: standard names are static, values share their bytes.
-        before: headers,
+        request: signed,
+        unsigned: request,
         body,
         buffered,
     })

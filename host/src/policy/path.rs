@@ -72,13 +72,12 @@ pub fn canonicalize(raw: &str) -> Result<String, PathError> {
         return Err(PathError::TooLong(MAX_PATH));
     }
     let mut out = String::with_capacity(bytes.len());
-    let segments: Vec<&[u8]> = bytes[1..].split(|&b| b == b'/').collect();
-    let last = segments.len() - 1;
-    for (i, seg) in segments.iter().enumerate() {
+    let mut segments = bytes[1..].split(|&b| b == b'/').peekable();
+    while let Some(seg) = segments.next() {
         out.push('/');
         if seg.is_empty() {
             // One trailing slash is a legitimate path ("/repos/"); `//` is not.
-            if i == last {
+            if segments.peek().is_none() {
                 continue;
             }
             return Err(PathError::EmptySegment);
@@ -137,8 +136,12 @@ pub fn canonicalize(raw: &str) -> Result<String, PathError> {
 }
 
 /// The canonical path with every escape decoded (`%2F` → `/`), for the suspicious deny
-/// check. Non-UTF-8 results are decoded lossily.
-pub fn fully_decoded(canonical: &str) -> String {
+/// check. Non-UTF-8 results are decoded lossily. A path without escapes is returned as
+/// it is.
+pub fn fully_decoded(canonical: &str) -> std::borrow::Cow<'_, str> {
+    if !canonical.contains('%') {
+        return std::borrow::Cow::Borrowed(canonical);
+    }
     let b = canonical.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -157,7 +160,10 @@ pub fn fully_decoded(canonical: &str) -> String {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    std::borrow::Cow::Owned(match String::from_utf8(out) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
 }
 
 #[cfg(test)]

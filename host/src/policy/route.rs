@@ -97,21 +97,30 @@ impl RoutePolicy {
             return None;
         }
         let decoded = fully_decoded(canonical);
-        let mut candidates = Vec::with_capacity(4);
-        for p in [canonical, decoded.as_str()] {
-            candidates.push(p.to_string());
+        // The first deny glob, in file order, that matches any candidate. Most paths
+        // match none: `is_match` tells without collecting which.
+        let mut first: Option<usize> = None;
+        let mut consider = |c: &str| {
+            if self.deny_set.is_match(c)
+                && let Some(i) = self.deny_set.matches(c).iter().next()
+            {
+                first = Some(first.map_or(i, |f| f.min(i)));
+            }
+        };
+        let forms: &[&str] = if decoded == canonical {
+            &[canonical]
+        } else {
+            &[canonical, &decoded]
+        };
+        for &p in forms {
+            consider(p);
             match p.strip_suffix('/') {
-                Some(stripped) if !stripped.is_empty() => candidates.push(stripped.to_string()),
+                Some(stripped) if !stripped.is_empty() => consider(stripped),
                 Some(_) => {}
-                None => candidates.push(format!("{p}/")),
+                None => consider(&format!("{p}/")),
             }
         }
-        // The first deny glob, in file order, that matches any candidate.
-        candidates
-            .iter()
-            .filter_map(|c| self.deny_set.matches(c).iter().next())
-            .min()
-            .map(|i| self.deny[i].source())
+        first.map(|i| self.deny[i].source())
     }
 
     /// The route for `method` (upper-case) on `canonical`, or `None` (allowlist miss).

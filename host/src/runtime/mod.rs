@@ -656,7 +656,7 @@ impl Runtime {
         env: Arc<CallEnv>,
         config: &str,
         info: &ModuleInfo,
-        req: Request,
+        req: &Request,
         pool: Option<&InstancePool>,
     ) -> Result<Request, CallError> {
         let _busy = self.ticker.state.busy();
@@ -681,7 +681,7 @@ impl Runtime {
                     Some(module) => module,
                     None => m.pre.instantiate_async(&mut store).await?,
                 };
-                let result = module.call_sign_request(&mut store, config, &req).await?;
+                let result = module.call_sign_request(&mut store, config, req).await?;
                 Ok::<_, wasmtime::Error>((result, module))
             }),
         )
@@ -692,7 +692,7 @@ impl Runtime {
             Err(elapsed) => (Err(elapsed), None),
         };
         let signed = self.settle(m, &store, outcome)?;
-        check_signed(&req, &signed, info, store.data().env.max_body_bytes)?;
+        check_signed(req, &signed, info, store.data().env.max_body_bytes)?;
         if let (Some(pool), Some(module)) = (pool, module) {
             // Kept only after a clean call: no error, nothing printed, calls left.
             if calls + 1 < pool.max_calls && store.data().stderr.contents().is_empty() {
@@ -886,9 +886,7 @@ fn check_signed(
         )));
     }
     for h in &after.headers {
-        if http::HeaderName::from_bytes(h.name.as_bytes()).is_err()
-            || http::HeaderValue::from_bytes(&h.value).is_err()
-        {
+        if !is_header_name(h.name.as_bytes()) || !is_header_value(&h.value) {
             return Err(CallError::Refused(format!(
                 "module returned an invalid header '{}'",
                 h.name.escape_debug()
@@ -909,6 +907,28 @@ const MAX_SIGNED_HEADERS: usize = 256;
 const MAX_SIGNED_HEADER_BYTES: usize = 256 * 1024;
 /// Longest query a module may return.
 const MAX_SIGNED_QUERY_BYTES: usize = 64 * 1024;
+
+/// Whether `http` accepts `name` as a header name (an RFC 9110 token, any case), checked
+/// without building one: building a name that is not a standard one allocates.
+fn is_header_name(name: &[u8]) -> bool {
+    const TCHAR: &[u8] = b"!#$%&'*+-.^_`|~";
+    !name.is_empty()
+        && name.len() <= MAX_HEADER_NAME
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || TCHAR.contains(&b))
+}
+
+/// Longest header name `http` accepts.
+const MAX_HEADER_NAME: usize = (1 << 16) - 1;
+
+/// Whether `http` accepts `value` as a header value (visible ASCII, obs-text, space and
+/// tab), checked without copying it into one.
+fn is_header_value(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
 
 /// RFC 3986 `query` characters (plus `%` for escapes).
 fn is_query_byte(b: u8) -> bool {
@@ -1118,6 +1138,42 @@ mod tests {
             ..req()
         };
         assert!(check_signed(&req(), &fits, &rw, 1024).is_ok());
+    }
+
+    #[test]
+    fn header_checks_agree_with_http() {
+        let mut names: Vec<Vec<u8>> = (0u8..=255).map(|b| vec![b]).collect();
+        names.extend(
+            [
+                &b"Authorization"[..],
+                b"x-api-key",
+                b"X_Weird!Name",
+                b"a b",
+                b"",
+                b"a:b",
+                b"\xc3\xa9",
+            ]
+            .iter()
+            .map(|n| n.to_vec()),
+        );
+        names.push(vec![b'a'; MAX_HEADER_NAME]);
+        names.push(vec![b'a'; MAX_HEADER_NAME + 1]);
+        for n in &names {
+            assert_eq!(
+                is_header_name(n),
+                http::HeaderName::from_bytes(n).is_ok(),
+                "name of {} bytes starting {:?}",
+                n.len(),
+                &n[..n.len().min(16)]
+            );
+            assert_eq!(
+                is_header_value(n),
+                http::HeaderValue::from_bytes(n).is_ok(),
+                "value of {} bytes starting {:?}",
+                n.len(),
+                &n[..n.len().min(16)]
+            );
+        }
     }
 
     #[test]
