@@ -310,6 +310,10 @@ async fn forwarding_is_byte_transparent() {
             "/strip" => b
                 .header("x-internal", "1")
                 .header("x-kept", "2")
+                .header("connection", "keep-alive, X-Up-Hop")
+                .header("x-up-hop", "1")
+                .header("keep-alive", "timeout=5")
+                .header("proxy-connection", "keep-alive")
                 .body(Body::from("s"))
                 .unwrap(),
             _ => b.body(Body::from("ok")).unwrap(),
@@ -397,6 +401,11 @@ async fn forwarding_is_byte_transparent() {
         .unwrap();
     assert!(r.headers().get("x-internal").is_none());
     assert_eq!(r.headers()["x-kept"], "2");
+    // Hop-by-hop response headers, and those the upstream's `Connection` lists, stay
+    // between Outpost and the upstream.
+    for hop in ["x-up-hop", "keep-alive", "proxy-connection"] {
+        assert!(r.headers().get(hop).is_none(), "{hop} passed back");
+    }
     assert_eq!(r.headers()["x-proxy-cache"], "BYPASS");
 
     // Hop-by-hop and Connection-listed headers never reach the upstream.

@@ -356,29 +356,15 @@ async fn upstream(
     // Only a module that sees responses can ask for a retry: keep what it was given then.
     let retry = (provider.signer.info.response_hook != crate::runtime::ResponseHook::None)
         .then_some(signed.unsigned);
-    let (response, verdict, latency) = forward::forward(
-        state,
-        provider,
-        route.category,
-        signed.request,
-        signed.body,
-        &headers,
-    )
-    .await?;
+    let send =
+        |request, body| forward::forward(state, provider, route.category, request, body, &headers);
+    let (response, verdict, latency) = send(signed.request, signed.body).await?;
     match (verdict, replay, retry) {
         // D17: the module dropped a rejected credential and can mint a fresh one: retry once.
         (Verdict::Retry, Some(body), Some(unsigned)) => {
             tracing::info!(provider = %provider.def.name, "retrying once with a fresh credential");
             let signed = sign::sign_request(state, provider, unsigned, Body::from(body)).await?;
-            let (response, _, latency) = forward::forward(
-                state,
-                provider,
-                route.category,
-                signed.request,
-                signed.body,
-                &headers,
-            )
-            .await?;
+            let (response, _, latency) = send(signed.request, signed.body).await?;
             Ok((response, latency))
         }
         _ => Ok((response, latency)),
