@@ -219,17 +219,18 @@ class Bench:
     # --- set-up ---------------------------------------------------------------------
 
     def build(self):
+        custom = getattr(self.args, "outpost_bin", None)
         if not self.args.skip_build:
-            subprocess.run(["cargo", "build", "--release", "-p", "outpost", "--bin", "outpost",
-                            "--example", "floor_proxy"], cwd=ROOT, check=True)
-        self.outpost_bin = ROOT / "target" / "release" / "outpost"
+            what = ["--example", "floor_proxy"] + ([] if custom else ["--bin", "outpost"])
+            subprocess.run(["cargo", "build", "--release", "-p", "outpost"] + what, cwd=ROOT, check=True)
+        self.outpost_bin = Path(custom).resolve() if custom else ROOT / "target" / "release" / "outpost"
         self.floor_bin = ROOT / "target" / "release" / "examples" / "floor_proxy"
         for b in [self.outpost_bin, self.floor_bin]:
             if not b.exists():
                 raise SystemExit(f"{b} missing: cargo build --release -p outpost --bin outpost "
                                  "--example floor_proxy")
 
-    def start_backends(self):
+    def start_backends(self, floor=True):
         self.up, self.proxy = free_port(), free_port()
         with open(self.dir / "big.bin", "wb") as f:
             f.write(os.urandom(10 * 1024 * 1024))
@@ -241,9 +242,10 @@ class Bench:
             self.spawn(["nginx", "-c", str(conf), "-p", str(self.dir)], name=f"nginx-{role}")
         wait_port(self.up)
         wait_port(self.proxy)
-        self.floor = free_port()
-        self.spawn([str(self.floor_bin), f"127.0.0.1:{self.up}", f"127.0.0.1:{self.floor}"], name="floor")
-        wait_port(self.floor)
+        if floor:
+            self.floor = free_port()
+            self.spawn([str(self.floor_bin), f"127.0.0.1:{self.up}", f"127.0.0.1:{self.floor}"], name="floor")
+            wait_port(self.floor)
         self.redis_port = free_port()
         self.spawn(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
                     "--save", "", "--appendonly", "no"], name="redis")
@@ -620,6 +622,10 @@ def main():
                     help="worker processes of the reference nginx proxy (default 2)")
     ap.add_argument("--upstream-workers", type=int, default=1,
                     help="worker processes of the nginx upstream (default 1)")
+    ap.add_argument("--outpost-bin", metavar="PATH",
+                    help="measure this outpost binary (e.g. target/pgo/outpost from benches/pgo.py) "
+                         "instead of target/release/outpost; the signer micro-benchmark is built "
+                         "by cargo bench as always")
     ap.add_argument("--skip-build", action="store_true",
                     help="use the existing target/release/outpost (and micro-benchmark binary)")
     ap.add_argument("--quick", action="store_true", help="3 s scenarios, one run each, 30 s soak")
@@ -644,6 +650,8 @@ def main():
     b = Bench(a)
     try:
         b.say(f"Machine: {os.cpu_count()} CPUs; {platform_line()}")
+        if a.outpost_bin:
+            b.say(f"Outpost binary: `{a.outpost_bin}`")
         b.say()
         if a.instructions:
             b.instructions()
