@@ -138,6 +138,12 @@ def rss_kib(pid, field="VmRSS"):
     return 0
 
 
+# The requests the `hmac_signed` and allowlist scenarios send (every other scenario asks for
+# /v1/items): a query for the module to sign, and a path only the 50th allow rule matches.
+HMAC_PATH = "/v1/items?a=1&b=2"
+ALLOW50_PATH = "/v49/orgs/acme/repos/a/b/items/42"
+
+
 def providers_yaml(up):
     base = f"http://127.0.0.1:{up}"
     # `rate_limits: {}`: no limiter. Without it the schema default (50/s, 500/min) applies,
@@ -227,8 +233,9 @@ class Bench:
         self.floor_bin = ROOT / "target" / "release" / "examples" / "floor_proxy"
         for b in [self.outpost_bin, self.floor_bin]:
             if not b.exists():
-                raise SystemExit(f"{b} missing: cargo build --release -p outpost --bin outpost "
-                                 "--example floor_proxy")
+                hint = ("benches/pgo.py builds target/pgo/outpost" if b == self.outpost_bin and custom
+                        else "cargo build --release -p outpost --bin outpost --example floor_proxy")
+                raise SystemExit(f"{b} missing: {hint}")
 
     def start_backends(self, floor=True):
         self.up, self.proxy = free_port(), free_port()
@@ -370,10 +377,10 @@ class Bench:
             ("floor", "floor: minimal hyper proxy (static Authorization)", f"{fl}/v1/items", "", None),
             ("none", "outpost, `none`", f"{o}/v1/items", "none", None),
             ("bearer", "outpost, `bearer_static`", f"{o}/v1/items", "bearer", None),
-            ("hmac", "outpost, `hmac_signed` (query)", f"{o}/v1/items?a=1&b=2", "hmac", None),
+            ("hmac", "outpost, `hmac_signed` (query)", f"{o}{HMAC_PATH}", "hmac", None),
             ("oauth2", "outpost, `oauth2_client_credentials` (cached token)", f"{o}/v1/items", "oauth2", None),
             ("allow50", "outpost, allowlist of 50 rules (last matches)",
-             f"{o}/v49/orgs/acme/repos/a/b/items/42", "allow50", None),
+             f"{o}{ALLOW50_PATH}", "allow50", None),
             ("rl_embedded", "outpost, rate limiter on, embedded store", f"{o}/v1/items", "ratelimited", None),
             ("rl_redis", "outpost, rate limiter on, Redis",
              f"http://127.0.0.1:{redis_port}/v1/items", "ratelimited", None),
@@ -536,8 +543,8 @@ class Bench:
         floor = None
         for key, provider, path in [("floor", "", "/v1/items"), ("none", "none", "/v1/items"),
                                     ("bearer", "bearer", "/v1/items"),
-                                    ("hmac", "hmac", "/v1/items?a=1&b=2"),
-                                    ("allow50", "allow50", "/v49/orgs/acme/repos/a/b/items/42"),
+                                    ("hmac", "hmac", HMAC_PATH),
+                                    ("allow50", "allow50", ALLOW50_PATH),
                                     ("rl_embedded", "ratelimited", "/v1/items")]:
             port = free_port()
             out = self.dir / f"callgrind-{key}.out"

@@ -94,8 +94,8 @@ def train(binary, seconds):
             o = f"http://127.0.0.1:{port}"
             rows = [("ratelimited", "/v1/items", 64, 0)] if redis else [
                 ("none", "/v1/items", 64, 0), ("bearer", "/v1/items", 64, 0), ("bearer", "/v1/items", 8, 10),
-                ("hmac", "/v1/items?a=1&b=2", 64, 0), ("oauth2", "/v1/items", 64, 0),
-                ("allow50", "/v49/orgs/acme/repos/a/b/items/42", 64, 0), ("ratelimited", "/v1/items", 64, 0),
+                ("hmac", load.HMAC_PATH, 64, 0), ("oauth2", "/v1/items", 64, 0),
+                ("allow50", load.ALLOW50_PATH, 64, 0), ("ratelimited", "/v1/items", 64, 0),
                 ("none", "/big", 4, 0)]
             for provider, path, connections, delay in rows:
                 r = b.wrk(o + path, provider, connections=connections, threads=1 if delay else 2,
