@@ -328,10 +328,12 @@ class Bench:
     def scenarios(self, table):
         """Run every scenario of `table` ((key, label, url, provider, connections) rows)
         `--repeat` times, interleaved so that slow drifts of a shared machine hit them all
-        alike; report each one's median run (by req/s) and the spread of req/s."""
+        alike, each round starting at a different scenario so that none always runs right
+        after the same one; report each one's median run (by req/s) and the spread of req/s."""
         runs = {key: [] for key, *_ in table}
         for rep in range(self.args.repeat):
-            for key, _, url, provider, connections in table:
+            start = rep * len(table) // self.args.repeat
+            for key, _, url, provider, connections in table[start:] + table[:start]:
                 if rep == 0:
                     # Warm-up (tokens minted, pools filled).
                     self.wrk(url, provider, seconds=1, connections=connections)
