@@ -33,6 +33,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -328,12 +329,15 @@ class Bench:
     def scenarios(self, table):
         """Run every scenario of `table` ((key, label, url, provider, connections) rows)
         `--repeat` times, interleaved so that slow drifts of a shared machine hit them all
-        alike, each round starting at a different scenario so that none always runs right
-        after the same one; report each one's median run (by req/s) and the spread of req/s."""
+        alike. The first round runs them in table order, each later one in an order of its
+        own (shuffled, seeded by the round), so no scenario always runs right after the same
+        one. Report each one's median run (by req/s) and the spread of req/s."""
         runs = {key: [] for key, *_ in table}
         for rep in range(self.args.repeat):
-            start = rep * len(table) // self.args.repeat
-            for key, _, url, provider, connections in table[start:] + table[:start]:
+            order = list(table)
+            if rep > 0:
+                random.Random(rep).shuffle(order)
+            for key, _, url, provider, connections in order:
                 if rep == 0:
                     # Warm-up (tokens minted, pools filled).
                     self.wrk(url, provider, seconds=1, connections=connections)
