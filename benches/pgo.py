@@ -82,7 +82,7 @@ def cargo_build(host, target_dir, rustflags):
 
 def train(binary, seconds):
     args = argparse.Namespace(seconds=seconds, connections=64, repeat=1, nginx_workers=1,
-                              upstream_workers=1, skip_build=True, quick=False, outpost_bin=None)
+                              upstream_workers=1, skip_build=True, quick=False)
     b = load.Bench(args)
     b.outpost_bin = binary
     try:
