@@ -97,7 +97,7 @@ fn config_dir(redis_url: Option<&str>) -> (tempfile::TempDir, MapEnv) {
     std::fs::write(providers.join("allow50.yaml"), rules).unwrap();
     // A/B comparison (`compare`): each file becomes a plugin provider named after it;
     // those whose name starts with `none` get no settings, `hmac…` the two secrets
-    // `hmac_signed` needs, the others `env: BENCH_TOKEN`.
+    // `hmac_signed` needs, `aws…` `aws_sigv4`'s settings, the others `env: BENCH_TOKEN`.
     if let Ok(files) = std::env::var("OUTPOST_BENCH_AB") {
         let plugins = dir.path().join("plugins");
         std::fs::create_dir_all(&plugins).unwrap();
@@ -108,6 +108,9 @@ fn config_dir(redis_url: Option<&str>) -> (tempfile::TempDir, MapEnv) {
                 "{}"
             } else if name.starts_with("hmac") {
                 "{key_env: BENCH_USER, secret_env: BENCH_TOKEN}"
+            } else if name.starts_with("aws") {
+                "{service: s3, region: eu-west-1, access_key_id_env: BENCH_USER, \
+                  secret_access_key_env: BENCH_TOKEN}"
             } else {
                 "{env: BENCH_TOKEN}"
             };

@@ -71,6 +71,9 @@ pub use bindings::outpost::auth::types::{
 };
 pub use bindings::outpost::auth::{http, kv, log, secrets};
 
+mod alloc;
+pub use alloc::SmallBlocks;
+
 /// Declare that this module keeps nothing between calls: what one `sign-request`
 /// leaves in memory (globals, caches, the heap) never matters to the next, so Outpost
 /// may serve many requests of the same provider from one instance instead of a fresh

@@ -16,6 +16,7 @@ const WIT: &str = include_str!("../../../wit/outpost.wit");
 /// The plugin SDK's source; vendored next to the WIT file so a scaffolded crate builds
 /// without this repository.
 const SDK_LIB: &str = include_str!("../../../plugins-sdk/src/lib.rs");
+const SDK_ALLOC: &str = include_str!("../../../plugins-sdk/src/alloc.rs");
 const TEMPLATE_CARGO: &str = include_str!("template/Cargo.toml.in");
 const TEMPLATE_SDK_CARGO: &str = include_str!("template/sdk.Cargo.toml.in");
 const TEMPLATE_LIB: &str = include_str!("template/lib.rs.in");
@@ -91,7 +92,7 @@ pub fn scaffold(parent: &Path, name: &str) -> Result<(PathBuf, Vec<PathBuf>), Pl
             return Err(PluginToolError::Exists(dir));
         }
     }
-    let files: [(&str, String); 7] = [
+    let files: [(&str, String); 8] = [
         ("Cargo.toml", render(TEMPLATE_CARGO, name)),
         ("src/lib.rs", render(TEMPLATE_LIB, name)),
         ("README.md", render(TEMPLATE_README, name)),
@@ -99,6 +100,7 @@ pub fn scaffold(parent: &Path, name: &str) -> Result<(PathBuf, Vec<PathBuf>), Pl
         ("wit/outpost.wit", WIT.to_string()),
         ("sdk/Cargo.toml", render(TEMPLATE_SDK_CARGO, name)),
         ("sdk/src/lib.rs", SDK_LIB.to_string()),
+        ("sdk/src/alloc.rs", SDK_ALLOC.to_string()),
     ];
     let mut written = Vec::new();
     for (rel, text) in files {
@@ -225,7 +227,13 @@ mod tests {
             );
         }
         let (dir, files) = scaffold(tmp.path(), "my-scheme").unwrap();
-        assert_eq!(files.len(), 7);
+        assert_eq!(files.len(), 8);
+        // Every file of the SDK is vendored, or the scaffolded crate does not build.
+        let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins-sdk/src");
+        for f in std::fs::read_dir(sdk).unwrap() {
+            let name = f.unwrap().file_name();
+            assert!(dir.join("sdk/src").join(&name).is_file(), "{name:?}");
+        }
         let cargo = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
         assert!(cargo.contains("name = \"my-scheme\""));
         assert!(cargo.contains("name = \"my_scheme\""));

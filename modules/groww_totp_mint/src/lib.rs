@@ -125,6 +125,8 @@ impl Guest for GrowwTotpMint {
 }
 
 export_module!(GrowwTotpMint);
+// Each call's strings are small blocks: recycle them instead of asking dlmalloc.
+outpost_plugin_sdk::small_block_allocator!();
 // Whatever it mints or caches lives in the host's key-value state, shared with other
 // replicas; nothing in its memory matters to the next call: one instance may serve many
 // requests of its provider.

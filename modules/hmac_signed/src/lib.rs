@@ -330,6 +330,8 @@ impl Guest for HmacSigned {
 }
 
 export_module!(HmacSigned);
+// Each call's strings are small blocks: recycle them instead of asking dlmalloc.
+outpost_plugin_sdk::small_block_allocator!();
 // Signing depends only on the config, the request, secrets and the clock: one instance
 // may serve many requests of its provider.
 outpost_plugin_sdk::declare_stateless!();
