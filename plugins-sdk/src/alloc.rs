@@ -36,11 +36,11 @@ fn class(layout: Layout) -> Option<usize> {
     }
 }
 
-/// The layout of every block in class `c` (< [`CLASSES`]).
-fn block(c: usize) -> Layout {
-    // (c + 1) * 16 ≤ 256 and 8 is a power of two, so this never fails; `from_size_align`
-    // keeps the code free of `unsafe` for a check that costs nothing here.
-    Layout::from_size_align((c + 1) * STEP, MAX_ALIGN).unwrap_or(Layout::new::<u64>())
+/// The layout of every block in class `c` (< [`CLASSES`]). Never `None` ((c + 1) * 16
+/// ≤ 256 and 8 is a power of two); the check keeps the code free of `unsafe`, and its
+/// failure would only make `alloc` report an allocation failure.
+fn block(c: usize) -> Option<Layout> {
+    Layout::from_size_align((c + 1) * STEP, MAX_ALIGN).ok()
 }
 
 /// A global allocator for modules: small blocks are recycled through per-size free
@@ -100,8 +100,8 @@ unsafe impl<A: GlobalAlloc + Sync> Sync for SmallBlocks<A> {}
 //   and as aligned as every layout of class `c`; other layouts come from `inner`.
 // - `dealloc` receives the layout the block was allocated with, whose class is the one
 //   it was allocated in (the class depends on the layout alone), so a block goes back to
-//   the list, or to `inner`, it came from; list blocks are only ever `block(c)` from
-//   `inner`, and they are handed back to `inner` with that layout (in `Drop`).
+//   the list, or to `inner`, it came from; list blocks are only ever allocated from `inner`
+//   with `block(c)`, and they are handed back to `inner` with that layout (in `Drop`).
 // - the cells are never accessed from two threads at once: see the `Sync` impl above,
 //   which is the only way to share a `SmallBlocks`.
 #[allow(unsafe_code)]
@@ -116,8 +116,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for SmallBlocks<A> {
         let heads = unsafe { &mut *self.heads.get() };
         let head = heads[c];
         if head.is_null() {
-            // SAFETY: `block(c)` has a non-zero size.
-            unsafe { self.inner.alloc(block(c)) }
+            match block(c) {
+                // SAFETY: `block(c)` has a non-zero size.
+                Some(b) => unsafe { self.inner.alloc(b) },
+                None => ptr::null_mut(),
+            }
         } else {
             // SAFETY: `head` is a free block of this class, at least 16 bytes and
             // 8-aligned, whose first bytes hold the next free block (written by
@@ -172,6 +175,8 @@ impl<A: GlobalAlloc> Drop for SmallBlocks<A> {
         // are not); give its cached blocks back.
         let heads = self.heads.get_mut();
         for (c, head) in heads.iter_mut().enumerate() {
+            // A class without a block layout never allocated a block.
+            let Some(b) = block(c) else { continue };
             while !head.is_null() {
                 let p = *head;
                 #[allow(unsafe_code)]
@@ -179,7 +184,7 @@ impl<A: GlobalAlloc> Drop for SmallBlocks<A> {
                 // `dealloc`; it is unlinked before it is freed.
                 unsafe {
                     *head = p.cast::<*mut u8>().read();
-                    self.inner.dealloc(p, block(c));
+                    self.inner.dealloc(p, b);
                 }
             }
         }
